@@ -1,0 +1,99 @@
+//! Client connections: the accept loop, login, and the session that follows.
+
+pub mod cancel;
+pub mod login;
+pub mod session;
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app::App;
+use crate::protocol::messages;
+use login::LoginEnd;
+use session::{Exit, Session};
+
+/// Binds a listening socket with SO_REUSEPORT, so a new process can take the
+/// port during a rolling restart while this one drains.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts clients until the listener fails for good.
+pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle_client(app.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    if app.config.pooler.tcp_keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
+    }
+    let slot = app.admit_client();
+    let timeout = app.config.pooler.client_login_timeout.enabled().unwrap_or(Duration::MAX);
+    let logged_in = match tokio::time::timeout(timeout, login::login(&app, &mut stream, slot.is_some())).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(LoginEnd::Cancel)) => return,
+        Ok(Err(LoginEnd::Refused(reason))) => {
+            tracing::info!(client = %peer, "login refused: {reason}");
+            return;
+        }
+        Err(_) => {
+            let mut out = BytesMut::new();
+            messages::error(
+                &mut out,
+                messages::Severity::Fatal,
+                messages::sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout: login took too long",
+            );
+            let _ = stream.write_all(&out).await;
+            tracing::info!(client = %peer, "login timed out");
+            return;
+        }
+    };
+    let cancel = app.cancels.register();
+    let mut greeting = logged_in.greeting.clone();
+    messages::backend_key_data(&mut greeting, cancel.pid, cancel.secret());
+    messages::ready_for_query(&mut greeting, b'I');
+    if stream.write_all(&greeting).await.is_err() {
+        app.cancels.unregister(cancel.pid);
+        return;
+    }
+    let (user, database) = (logged_in.user.clone(), logged_in.database.clone());
+    if app.config.pooler.log_connections {
+        tracing::info!(client = %peer, %user, db = %database, "login");
+    }
+    let exit = Session::new(app.clone(), stream, peer, logged_in, cancel).run().await;
+    if app.config.pooler.log_disconnections {
+        match exit {
+            Exit::Quit => tracing::info!(client = %peer, %user, db = %database, "client closed the session"),
+            Exit::Gone => tracing::info!(client = %peer, %user, db = %database, "client connection lost"),
+            Exit::Closed(reason) => tracing::info!(client = %peer, %user, db = %database, "session closed: {reason}"),
+        }
+    }
+    drop(slot);
+}

@@ -1,0 +1,590 @@
+//! One client session after login: wait for a request, attach a server, shuttle
+//! frames both ways until the pool mode says the server is free, release it.
+//!
+//! Frames are forwarded as raw byte runs, one write per read; the pooler looks
+//! at tags only, and decodes a body only for ParameterStatus, ReadyForQuery,
+//! ErrorResponse severity, and the first keyword of a Query or Parse.
+
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::cancel::{CancelSlot, ServerKey};
+use crate::app::App;
+use crate::config::PoolMode;
+use crate::pool::{CheckoutError, PooledServer, ServerPool};
+use crate::protocol::error_fields::ErrorFields;
+use crate::protocol::frames::{client_streamable, HEADER_LEN, STREAM_THRESHOLD};
+use crate::protocol::messages::{self, sqlstate, Severity};
+use crate::protocol::{btag, read_cstr, tag, FrameScanner, Piece};
+use crate::router::starts_with_keyword;
+use crate::server::params::is_server_owned;
+use crate::server::{ParamMap, Progress, ServerConn};
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// The client sent Terminate.
+    Quit,
+    /// The client's connection closed or failed.
+    Gone,
+    /// The pooler closed the session; the client has been told why.
+    Closed(String),
+}
+
+/// What serving one attachment came to.
+enum Served {
+    /// The server is free for someone else.
+    Release,
+    Exit(Exit),
+}
+
+/// Client read buffers above this are shrunk back once empty.
+const MAX_IDLE_BUFFER: usize = 256 * 1024;
+const INITIAL_BUFFER: usize = 8 * 1024;
+
+pub struct Session {
+    app: Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    rbuf: BytesMut,
+    /// Scratch space for messages the pooler writes itself.
+    out: BytesMut,
+    scanner: FrameScanner,
+    pool: Arc<ServerPool>,
+    mode: PoolMode,
+    user: String,
+    database: String,
+    wanted: ParamMap,
+    reported: ParamMap,
+    cancel: Arc<CancelSlot>,
+    /// A FATAL error from the server has reached the client.
+    server_fatal_sent: bool,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        app: Arc<App>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        login: super::login::LoggedIn,
+        cancel: Arc<CancelSlot>,
+    ) -> Session {
+        let max_packet = app.config.pooler.max_packet_size;
+        let mode = login.pool.mode;
+        Session {
+            app,
+            stream,
+            peer,
+            rbuf: login.rbuf,
+            out: BytesMut::with_capacity(512),
+            scanner: FrameScanner::new(max_packet, client_streamable),
+            pool: login.pool,
+            mode,
+            user: login.user,
+            database: login.database,
+            wanted: login.wanted,
+            reported: login.reported,
+            cancel,
+            server_fatal_sent: false,
+        }
+    }
+
+    pub async fn run(mut self) -> Exit {
+        let mut server: Option<PooledServer> = None;
+        let exit = loop {
+            let srv = match server.as_mut() {
+                Some(s) => s,
+                None => {
+                    if let Err(exit) = self.wait_for_request().await {
+                        break exit;
+                    }
+                    match self.attach().await {
+                        Ok(s) => server.insert(s),
+                        Err(exit) => break exit,
+                    }
+                }
+            };
+            match self.serve(srv).await {
+                Served::Release => {
+                    if let Some(s) = server.take() {
+                        self.detach(s).await;
+                    }
+                    self.shrink_buffer();
+                }
+                Served::Exit(exit) => break exit,
+            }
+        };
+        if let Some(s) = server.take() {
+            self.cleanup(s).await;
+        }
+        self.app.cancels.unregister(self.cancel.pid);
+        exit
+    }
+
+    /// Waits until the client has sent the start of a request; handles
+    /// Terminate and client_idle_timeout while no server is attached.
+    async fn wait_for_request(&mut self) -> Result<(), Exit> {
+        let idle_limit = self.app.config.pooler.client_idle_timeout.enabled();
+        loop {
+            if self.rbuf.len() >= HEADER_LEN {
+                let tag = self.rbuf[0];
+                let total = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize + 1;
+                if tag == tag::TERMINATE {
+                    return Err(Exit::Quit);
+                }
+                if self.rbuf.len() >= total || total > STREAM_THRESHOLD || total < HEADER_LEN {
+                    return Ok(());
+                }
+                self.rbuf.reserve(total - self.rbuf.len());
+            }
+            let deadline = idle_limit.map(|d| Instant::now() + d);
+            tokio::select! {
+                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                    if !r {
+                        return Err(Exit::Gone);
+                    }
+                }
+                _ = sleep_opt(deadline) => {
+                    return Err(self.close(sqlstate::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to client_idle_timeout").await);
+                }
+            }
+        }
+    }
+
+    /// Checks out a server and makes its session parameters the client's.
+    async fn attach(&mut self) -> Result<PooledServer, Exit> {
+        let mut srv = match self.pool.checkout().await {
+            Ok(s) => s,
+            Err(e) => {
+                let (code, msg) = match &e {
+                    CheckoutError::WaitTimeout => (sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout".to_string()),
+                    CheckoutError::Server(crate::server::ServerError::Postgres(f)) => {
+                        (sqlstate::CANNOT_CONNECT_NOW, format!("server login failed: {}", f.message))
+                    }
+                    CheckoutError::Server(crate::server::ServerError::Auth(
+                        crate::auth::server::ServerAuthError::Refused(f),
+                    )) => (sqlstate::CANNOT_CONNECT_NOW, format!("server login failed: {}", f.message)),
+                    other => (sqlstate::CANNOT_CONNECT_NOW, format!("server connection failed: {other}")),
+                };
+                tracing::warn!(client = %self.peer, db = %self.database, user = %self.user, "{e}");
+                return Err(self.close(code, &msg).await);
+            }
+        };
+        match srv.sync_params(&self.wanted).await {
+            Ok(None) => {}
+            Ok(Some(err)) => {
+                // The client asked for a setting the server refuses; PostgreSQL
+                // would have refused the login the same way.
+                self.pool.release(srv);
+                return Err(self.close_with(&err.code, &err.message).await);
+            }
+            Err(e) => {
+                self.pool.discard(srv);
+                return Err(self.close(sqlstate::CONNECTION_FAILURE, &format!("server connection failed: {e}")).await);
+            }
+        }
+        // Tell the client the values the server settled on, where they differ
+        // from what it was told (for example a normalised DateStyle).
+        self.out.clear();
+        for (name, _) in self.wanted.iter() {
+            if let Some(actual) = srv.params.get(name) {
+                if self.reported.get(name) != Some(actual) {
+                    messages::parameter_status(&mut self.out, name, actual);
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            let names: Vec<(String, String)> = self
+                .wanted
+                .iter()
+                .filter_map(|(n, _)| srv.params.get(n).map(|v| (n.to_string(), v.to_string())))
+                .collect();
+            for (n, v) in names {
+                self.reported.set(&n, &v, false);
+                self.wanted.set(&n, &v, false);
+            }
+            if self.stream.write_all(&self.out).await.is_err() {
+                self.pool.release(srv);
+                return Err(Exit::Gone);
+            }
+        }
+        self.cancel.attach(ServerKey {
+            addr: srv.peer,
+            pid: srv.pid,
+            secret: srv.secret,
+        });
+        Ok(srv)
+    }
+
+    async fn detach(&mut self, mut srv: PooledServer) {
+        self.cancel.detach();
+        if self.pool.reset_always && srv.is_clean() {
+            self.reset(&mut srv).await;
+        }
+        self.pool.release(srv);
+    }
+
+    /// Runs the reset query; afterwards the server has its login parameters.
+    async fn reset(&self, srv: &mut ServerConn) {
+        let query = self.pool.reset_query.clone();
+        if query.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), srv.run_internal(&query)).await {
+            Ok(Ok(None)) => srv.params = srv.defaults.clone(),
+            Ok(Ok(Some(e))) => {
+                tracing::warn!(server = %srv.peer, "server_reset_query failed: {e}");
+                srv.broken = true;
+            }
+            _ => srv.broken = true,
+        }
+    }
+
+    /// Returns a server after the session ended: roll back what the client
+    /// left open, reset in session mode, or close the server when its state is
+    /// unknown (a query still running, replies still owed).
+    async fn cleanup(&mut self, mut srv: PooledServer) {
+        self.cancel.detach();
+        if srv.broken || !srv.owed.is_empty() || !srv.rbuf.is_empty() {
+            self.pool.discard(srv);
+            return;
+        }
+        if srv.tx_status != b'I' {
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(5), srv.rollback()).await,
+                Ok(Ok(()))
+            );
+            if !ok {
+                srv.broken = true;
+                self.pool.discard(srv);
+                return;
+            }
+        }
+        if self.mode == PoolMode::Session || self.pool.reset_always {
+            self.reset(&mut srv).await;
+        }
+        self.pool.release(srv);
+    }
+
+    /// Shuttles frames between client and server until the server can be
+    /// released or the session ends.
+    async fn serve(&mut self, srv: &mut ServerConn) -> Served {
+        let idle_tx_limit = self.app.config.pooler.idle_transaction_timeout.enabled();
+        let idle_limit = self.app.config.pooler.client_idle_timeout.enabled();
+        loop {
+            if !self.rbuf.is_empty() {
+                if let Err(exit) = self.forward_client(srv).await {
+                    return Served::Exit(exit);
+                }
+            }
+            let waiting_on_client = srv.owed.is_empty();
+            let limit = match (waiting_on_client, srv.tx_status) {
+                (true, b'T' | b'E') => idle_tx_limit,
+                (true, _) => idle_limit,
+                _ => None,
+            };
+            let deadline = limit.map(|d| Instant::now() + d);
+            reserve_for_next(&mut self.rbuf, &self.scanner);
+            reserve_for_next(&mut srv.rbuf, &srv.scanner);
+            tokio::select! {
+                r = read_more(&mut srv.stream, &mut srv.rbuf) => {
+                    if !r {
+                        srv.broken = true;
+                        return Served::Exit(self.server_lost().await);
+                    }
+                    match self.forward_server(srv).await {
+                        Ok(true) => return Served::Release,
+                        Ok(false) => {}
+                        Err(exit) => return Served::Exit(exit),
+                    }
+                }
+                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                    if !r {
+                        return Served::Exit(Exit::Gone);
+                    }
+                }
+                _ = sleep_opt(deadline) => {
+                    let exit = if srv.tx_status == b'I' {
+                        self.close(sqlstate::IDLE_SESSION_TIMEOUT,
+                            "terminating connection due to client_idle_timeout").await
+                    } else {
+                        self.close(sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                            "terminating connection due to idle_transaction_timeout").await
+                    };
+                    return Served::Exit(exit);
+                }
+            }
+        }
+    }
+
+    /// Forwards the complete (or streamable) client messages in the buffer.
+    async fn forward_client(&mut self, srv: &mut ServerConn) -> Result<(), Exit> {
+        let mut pos = 0;
+        let mut flushed = 0;
+        loop {
+            let piece = match self.scanner.next(&self.rbuf, pos) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.send_to_server(srv, flushed, pos).await?;
+                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await);
+                }
+            };
+            match piece {
+                Piece::NeedMore => break,
+                Piece::Tail { len } => pos += len,
+                Piece::Head { tag, len } => {
+                    srv.owed.on_client(tag);
+                    pos += len;
+                }
+                Piece::Frame { tag, len } => match tag {
+                    tag::TERMINATE => {
+                        self.send_to_server(srv, flushed, pos).await?;
+                        self.rbuf.clear();
+                        return Err(Exit::Quit);
+                    }
+                    tag::QUERY | tag::PARSE if self.refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) => {
+                        self.send_to_server(srv, flushed, pos).await?;
+                        let rewritten = listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
+                        srv.stream.write_all(&rewritten).await.map_err(|_| Exit::Gone)?;
+                        srv.owed.on_client(tag);
+                        pos += len;
+                        flushed = pos;
+                    }
+                    tag::QUERY
+                    | tag::PARSE
+                    | tag::BIND
+                    | tag::DESCRIBE
+                    | tag::EXECUTE
+                    | tag::CLOSE
+                    | tag::SYNC
+                    | tag::FLUSH
+                    | tag::FUNCTION_CALL
+                    | tag::COPY_DATA
+                    | tag::COPY_DONE
+                    | tag::COPY_FAIL => {
+                        srv.owed.on_client(tag);
+                        pos += len;
+                    }
+                    other => {
+                        self.send_to_server(srv, flushed, pos).await?;
+                        let msg = format!("invalid frontend message type {other}");
+                        return Err(self.close(sqlstate::PROTOCOL_VIOLATION, &msg).await);
+                    }
+                },
+            }
+        }
+        self.send_to_server(srv, flushed, pos).await?;
+        self.rbuf.advance(pos);
+        Ok(())
+    }
+
+    fn refuses_listen(&self, tag: u8, body: &[u8]) -> bool {
+        if self.mode == PoolMode::Session {
+            return false;
+        }
+        let sql = if tag == tag::QUERY {
+            body
+        } else {
+            // Parse: statement name, then the query text.
+            match read_cstr(body) {
+                Some((_, rest)) => rest,
+                None => return false,
+            }
+        };
+        starts_with_keyword(sql, "LISTEN")
+    }
+
+    async fn send_to_server(&mut self, srv: &mut ServerConn, from: usize, to: usize) -> Result<(), Exit> {
+        if to > from {
+            if let Err(e) = srv.stream.write_all(&self.rbuf[from..to]).await {
+                tracing::debug!(server = %srv.peer, "write to server failed: {e}");
+                srv.broken = true;
+                return Err(self.server_lost().await);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards what the server sent. Returns true when the server is free for
+    /// release under the pool mode.
+    async fn forward_server(&mut self, srv: &mut ServerConn) -> Result<bool, Exit> {
+        let mut pos = 0;
+        let flushed = 0;
+        let mut idle = false;
+        while !idle {
+            let piece = match srv.scanner.next(&srv.rbuf, pos) {
+                Ok(p) => p,
+                Err(e) => {
+                    srv.broken = true;
+                    tracing::error!(server = %srv.peer, "server protocol error: {e}");
+                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server sent an invalid message").await);
+                }
+            };
+            let (tag, len) = match piece {
+                Piece::NeedMore => break,
+                Piece::Tail { len } => {
+                    pos += len;
+                    continue;
+                }
+                Piece::Head { tag, len } => (tag, len),
+                Piece::Frame { tag, len } => {
+                    let body = &srv.rbuf[pos + HEADER_LEN..pos + len];
+                    match tag {
+                        btag::READY_FOR_QUERY => srv.tx_status = body.first().copied().unwrap_or(b'I'),
+                        btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
+                        btag::ERROR_RESPONSE if ErrorFields::parse(body).is_fatal() => {
+                            srv.broken = true;
+                            self.server_fatal_sent = true;
+                        }
+                        _ => {}
+                    }
+                    (tag, len)
+                }
+            };
+            match srv.owed.on_server(tag) {
+                Ok(Progress::Continue) => {}
+                Ok(Progress::Idle) => idle = true,
+                Err(e) => {
+                    srv.broken = true;
+                    tracing::error!(server = %srv.peer, client = %self.peer, "server out of sync: {e}");
+                    self.send_to_client(srv, flushed, pos).await?;
+                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server connection out of sync").await);
+                }
+            }
+            if idle && self.mode == PoolMode::Statement && srv.tx_status != b'I' {
+                // Statement mode cannot keep a transaction open across
+                // statements: roll it back and say so instead of ReadyForQuery.
+                self.send_to_client(srv, flushed, pos).await?;
+                return self.refuse_transaction(srv, pos + len).await;
+            }
+            pos += len;
+        }
+        self.send_to_client(srv, flushed, pos).await?;
+        srv.rbuf.advance(pos);
+        if !idle {
+            return Ok(false);
+        }
+        if !srv.rbuf.is_empty() {
+            srv.broken = true;
+            tracing::error!(server = %srv.peer, "server sent data after its last ReadyForQuery");
+            return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server connection out of sync").await);
+        }
+        Ok(self.mode != PoolMode::Session && srv.tx_status == b'I')
+    }
+
+    async fn refuse_transaction(&mut self, srv: &mut ServerConn, consumed: usize) -> Result<bool, Exit> {
+        srv.rbuf.advance(consumed);
+        if srv.rollback().await.is_err() || !srv.rbuf.is_empty() {
+            srv.broken = true;
+        }
+        self.out.clear();
+        messages::error(
+            &mut self.out,
+            Severity::Error,
+            sqlstate::ACTIVE_SQL_TRANSACTION,
+            "transaction blocks are not allowed in statement pooling mode; the transaction was rolled back",
+        );
+        messages::ready_for_query(&mut self.out, b'I');
+        self.stream.write_all(&self.out).await.map_err(|_| Exit::Gone)?;
+        Ok(!srv.broken)
+    }
+
+    /// Records a ParameterStatus the server sent while serving this client: it
+    /// is now part of the client's session.
+    fn track_parameter(&mut self, srv: &mut ServerConn, pos: usize, len: usize) {
+        let body = srv.rbuf[pos + HEADER_LEN..pos + len].to_vec();
+        if let Some((name, value)) = srv.record_parameter(&body) {
+            self.reported.set(&name, &value, true);
+            if !is_server_owned(&name) {
+                self.wanted.set(&name, &value, true);
+            }
+        }
+    }
+
+    async fn send_to_client(&mut self, srv: &mut ServerConn, from: usize, to: usize) -> Result<(), Exit> {
+        if to > from && self.stream.write_all(&srv.rbuf[from..to]).await.is_err() {
+            return Err(Exit::Gone);
+        }
+        Ok(())
+    }
+
+    async fn server_lost(&mut self) -> Exit {
+        if self.server_fatal_sent {
+            return Exit::Closed("the server ended the connection".into());
+        }
+        self.close(sqlstate::CONNECTION_FAILURE, "server closed the connection unexpectedly").await
+    }
+
+    async fn close(&mut self, code: &str, message: &str) -> Exit {
+        self.close_with(code, message).await
+    }
+
+    async fn close_with(&mut self, code: &str, message: &str) -> Exit {
+        self.out.clear();
+        messages::error(&mut self.out, Severity::Fatal, code, message);
+        let _ = self.stream.write_all(&self.out).await;
+        let _ = self.stream.flush().await;
+        Exit::Closed(format!("{code}: {message}"))
+    }
+
+    fn shrink_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > MAX_IDLE_BUFFER {
+            self.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+    }
+}
+
+/// The Query or Parse that replaces a LISTEN in transaction mode: it raises the
+/// error on the server, so transaction state and replies stay exactly as
+/// PostgreSQL would leave them after a failed statement.
+fn listen_refusal(tag: u8, body: &[u8]) -> Vec<u8> {
+    const SQL: &str = "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+        MESSAGE = 'LISTEN is not supported in transaction pooling mode', \
+        HINT = 'Use a database or user with pool_mode = \"session\" for LISTEN/NOTIFY.'; END$sluice$";
+    let mut payload = Vec::with_capacity(SQL.len() + 64);
+    if tag == tag::PARSE {
+        let name = read_cstr(body).map(|(n, _)| n).unwrap_or("");
+        payload.extend_from_slice(name.as_bytes());
+        payload.push(0);
+    }
+    payload.extend_from_slice(SQL.as_bytes());
+    payload.push(0);
+    if tag == tag::PARSE {
+        payload.extend_from_slice(&0u16.to_be_bytes());
+    }
+    let mut frame = Vec::with_capacity(payload.len() + HEADER_LEN);
+    frame.push(tag);
+    frame.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Reads more bytes; false on end of stream or error.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(INITIAL_BUFFER);
+    }
+    matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// Makes room for the whole message at the head of the buffer, once.
+fn reserve_for_next(buf: &mut BytesMut, scanner: &FrameScanner) {
+    let want = scanner.wanted(buf, 0);
+    if want > buf.len() {
+        buf.reserve(want - buf.len());
+    }
+}
+
+async fn sleep_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,70 @@
+//! `sluice demo`: a throwaway primary and two streaming replicas from the local
+//! PostgreSQL binaries, sluice in front on 127.0.0.1:6432, cleaned up on Ctrl-C.
+
+use std::process::ExitCode;
+
+use crate::cluster::Cluster;
+use crate::config::Config;
+
+const SETUP: &str = "CREATE ROLE app LOGIN PASSWORD 'app'; CREATE DATABASE app OWNER app;";
+
+pub async fn run() -> ExitCode {
+    let dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
+    println!("Starting a PostgreSQL primary and two streaming replicas in {} ...", dir.display());
+    let started = tokio::task::spawn_blocking(move || Cluster::start(&dir, 2, SETUP)).await;
+    let mut cluster = match started {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("sluice demo: cannot start PostgreSQL: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("sluice demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let replicas: Vec<String> = cluster
+        .replicas
+        .iter()
+        .map(|r| format!("\"127.0.0.1:{}\"", r.port))
+        .collect();
+    let toml = format!(
+        "[pooler]\nlisten = \"127.0.0.1:6432\"\npool_mode = \"transaction\"\ndefault_pool_size = 10\n\n\
+         [users.app]\npassword = \"app\"\n\n\
+         [databases.app]\nprimary = \"127.0.0.1:{}\"\nreplicas = [{}]\n",
+        cluster.primary.port,
+        replicas.join(", ")
+    );
+    let cfg = match Config::parse(&toml, "demo") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match crate::start(cfg).await {
+        Ok(_) => {
+            println!();
+            println!("sluice is listening on 127.0.0.1:6432 (transaction pooling).");
+            println!("  primary   127.0.0.1:{}", cluster.primary.port);
+            for r in &cluster.replicas {
+                println!("  replica   127.0.0.1:{}", r.port);
+            }
+            println!();
+            println!("  DATABASE_URL=postgres://app:app@127.0.0.1:6432/app");
+            println!("  psql postgres://app:app@127.0.0.1:6432/app");
+            println!("  pgbench -i postgres://app:app@127.0.0.1:6432/app && pgbench -c 20 -T 10 postgres://app:app@127.0.0.1:6432/app");
+            println!();
+            println!("Press Ctrl-C to stop and remove everything.");
+            let _ = tokio::signal::ctrl_c().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice demo: cannot listen on 127.0.0.1:6432: {e}");
+            ExitCode::from(1)
+        }
+    };
+    println!("Stopping PostgreSQL and removing {} ...", cluster.dir.display());
+    let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+    code
+}

@@ -1,0 +1,105 @@
+//! The `sluice` binary: command line, runtime and signals; nothing else.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "PostgreSQL connection pooler and read/write router")]
+struct Cli {
+    /// Path to pooler.toml.
+    #[arg(short, long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the config and print the effective settings (secrets masked).
+    Check,
+    /// Start a throwaway primary, two replicas and sluice in front of them.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Some(Cmd::Check) => check(cli.config),
+        Some(Cmd::Demo) => runtime().block_on(sluice::demo::run()),
+        None => {
+            let Some(path) = cli.config else {
+                eprintln!("sluice: --config pooler.toml is required (see --help)");
+                return ExitCode::from(2);
+            };
+            match sluice::config::Config::load(&path) {
+                Ok(cfg) => runtime().block_on(serve(cfg)),
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("sluice check: --config pooler.toml is required");
+        return ExitCode::from(2);
+    };
+    match sluice::config::Config::load(&path) {
+        Ok(cfg) => {
+            println!("# {} is valid; effective configuration:", path.display());
+            print!("{}", cfg.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(cfg: sluice::config::Config) -> ExitCode {
+    match sluice::start(cfg).await {
+        Ok((_app, addrs)) => {
+            for a in &addrs {
+                tracing::info!("listening on {a}");
+            }
+            wait_for_shutdown().await;
+            tracing::info!("shutting down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

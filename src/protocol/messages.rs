@@ -1,0 +1,163 @@
+//! Builders for the messages the pooler writes itself. pgwire's message types do
+//! the encoding; these helpers only pick the fields.
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+use pgwire::messages::Message;
+
+/// SQLSTATE codes the pooler answers with, named as in the PostgreSQL docs.
+pub mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
+}
+
+/// Severity of an error the pooler reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Appends an ErrorResponse.
+pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    let sev = severity.as_str().to_string();
+    let msg = ErrorResponse::new(vec![
+        (b'S', sev.clone()),
+        (b'V', sev),
+        (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ]);
+    encode(msg, buf);
+}
+
+/// Appends a ReadyForQuery with the given status byte (`I`, `T` or `E`).
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(ReadyForQuery::new(status), buf);
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    encode(ParameterStatus::new(name.to_string(), value.to_string()), buf);
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    encode(BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
+}
+
+pub fn auth_ok(buf: &mut BytesMut) {
+    encode(Authentication::Ok, buf);
+}
+
+pub fn auth_cleartext(buf: &mut BytesMut) {
+    encode(Authentication::CleartextPassword, buf);
+}
+
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    encode(Authentication::MD5Password(salt.to_vec()), buf);
+}
+
+pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    let mechs = mechanisms.iter().map(|m| m.to_string()).collect();
+    encode(Authentication::SASL(mechs), buf);
+}
+
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        Authentication::SASLContinue(bytes::Bytes::copy_from_slice(data)),
+        buf,
+    );
+}
+
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        Authentication::SASLFinal(bytes::Bytes::copy_from_slice(data)),
+        buf,
+    );
+}
+
+/// NegotiateProtocolVersion: the newest minor version we speak (0) and the
+/// `_pq_.` options we did not recognise.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: Vec<String>) {
+    encode(NegotiateProtocolVersion::new(0, unsupported), buf);
+}
+
+/// Appends a simple Query message.
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    buf.put_u8(b'Q');
+    buf.put_u32((sql.len() + 5) as u32);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Appends a CommandComplete with the given tag (e.g. `SET`).
+pub fn command_complete(buf: &mut BytesMut, command_tag: &str) {
+    buf.put_u8(b'C');
+    buf.put_u32((command_tag.len() + 5) as u32);
+    buf.put_slice(command_tag.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Appends a Terminate message.
+pub fn terminate(buf: &mut BytesMut) {
+    buf.put_u8(b'X');
+    buf.put_u32(4);
+}
+
+fn encode<M: Message>(msg: M, buf: &mut BytesMut) {
+    // Encoding only fails when a message exceeds pgwire's size limit; the
+    // messages built here are small and bounded by what we put in them.
+    if let Err(e) = msg.encode(buf) {
+        tracing::error!("could not encode a generated message: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_layout() {
+        let mut buf = BytesMut::new();
+        error(&mut buf, Severity::Fatal, "3D000", "no such database");
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len + 1, buf.len());
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains("C3D000"));
+        assert!(text.contains("SFATAL"));
+    }
+
+    #[test]
+    fn ready_for_query_layout() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, b'T');
+        assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, b'T']);
+    }
+}

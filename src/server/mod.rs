@@ -1,0 +1,279 @@
+//! One backend connection: connect, log in, learn its parameters and cancel
+//! key, and keep the queue of replies it still owes.
+
+pub mod owed;
+pub mod params;
+
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::server::{login, ServerAuthError};
+use crate::auth::Secret;
+use crate::protocol::error_fields::ErrorFields;
+use crate::protocol::frames::server_streamable;
+use crate::protocol::{btag, messages, read_cstr, read_message, FrameScanner, Piece, ReadError};
+pub use owed::{OutOfSync, Owed, Progress, Reply};
+pub use params::ParamMap;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// `host:port`, resolved at each connect.
+    pub addr: String,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] ServerAuthError),
+    #[error("server error: {0}")]
+    Postgres(ErrorFields),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    OutOfSync(#[from] OutOfSync),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ReadError> for ServerError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => ServerError::Closed,
+            ReadError::Frame(f) => ServerError::Protocol(f.to_string()),
+            ReadError::Io(io) => ServerError::Io(io),
+        }
+    }
+}
+
+/// Size of a server connection's read buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Largest non-bulk message accepted from a server.
+const MAX_SERVER_MESSAGE: usize = 256 * 1024 * 1024;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub scanner: FrameScanner,
+    pub peer: SocketAddr,
+    /// The server's own cancel key.
+    pub pid: i32,
+    pub secret: i32,
+    /// The parameters as the server reported them at login.
+    pub defaults: ParamMap,
+    /// The parameters now in effect.
+    pub params: ParamMap,
+    pub owed: Owed,
+    /// Status byte of the last ReadyForQuery.
+    pub tx_status: u8,
+    pub created_at: Instant,
+    pub returned_at: Instant,
+    /// Set when the connection must not be reused.
+    pub broken: bool,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerConn#{}({} pid {})", self.id, self.peer, self.pid)
+    }
+}
+
+impl ServerConn {
+    pub async fn connect(target: &ServerTarget, keepalive: bool) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect(&target.addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: target.addr.clone(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        if keepalive {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10));
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+        }
+        let peer = stream.peer_addr()?;
+        let mut conn = ServerConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            rbuf: BytesMut::with_capacity(READ_BUF),
+            scanner: FrameScanner::new(MAX_SERVER_MESSAGE, server_streamable),
+            peer,
+            pid: 0,
+            secret: 0,
+            defaults: ParamMap::new(),
+            params: ParamMap::new(),
+            owed: Owed::new(),
+            tx_status: b'I',
+            created_at: Instant::now(),
+            returned_at: Instant::now(),
+            broken: false,
+        };
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", target.user.as_str()), ("database", target.dbname.as_str())],
+            &mut out,
+        )?;
+        conn.stream.write_all(&out).await?;
+        login(&mut conn.stream, &mut conn.rbuf, &target.user, target.password.as_ref()).await?;
+        conn.read_until_ready(true).await?;
+        conn.defaults = conn.params.clone();
+        Ok(conn)
+    }
+
+    /// Reads the server's messages up to ReadyForQuery, recording
+    /// ParameterStatus and BackendKeyData. Returns the first error it reported.
+    async fn read_until_ready(&mut self, login: bool) -> Result<Option<ErrorFields>, ServerError> {
+        let mut first_error = None;
+        loop {
+            let (tag, body) = read_message(&mut self.stream, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
+            match tag {
+                btag::PARAMETER_STATUS => {
+                    self.record_parameter(&body);
+                }
+                btag::BACKEND_KEY_DATA if body.len() >= 8 => {
+                    self.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    self.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+                btag::READY_FOR_QUERY => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    return Ok(first_error);
+                }
+                btag::ERROR_RESPONSE => {
+                    let e = ErrorFields::parse(&body);
+                    if login || e.is_fatal() {
+                        self.broken = true;
+                        return Err(ServerError::Postgres(e));
+                    }
+                    first_error.get_or_insert(e);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies a ParameterStatus body to `params`; returns (name, value).
+    pub fn record_parameter(&mut self, body: &[u8]) -> Option<(String, String)> {
+        let (name, rest) = read_cstr(body)?;
+        let (value, _) = read_cstr(rest)?;
+        self.params.set(name, value, true);
+        Some((name.to_string(), value.to_string()))
+    }
+
+    /// Runs pooler-issued SQL (SET, ROLLBACK, DISCARD ALL) outside any client
+    /// exchange and waits for ReadyForQuery. Returns the server's error, if any.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
+        debug_assert!(self.owed.is_empty());
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let result = self.read_until_ready(false).await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Makes the server's parameters match `wanted`, with one round trip where
+    /// anything differs. Returns what the server reported on the way, so the
+    /// client can be told the normalised values.
+    pub async fn sync_params(&mut self, wanted: &ParamMap) -> Result<Option<ErrorFields>, ServerError> {
+        let sql = params::sync_statements(wanted, &self.params, &self.defaults);
+        if sql.is_empty() {
+            return Ok(None);
+        }
+        let err = self.run_internal(&sql).await?;
+        if err.is_none() {
+            // Unreported parameters (search_path...) get no ParameterStatus:
+            // record what we set.
+            for (name, value) in wanted.iter() {
+                self.params.set(name, value, false);
+            }
+            let stale: Vec<String> = self
+                .params
+                .iter()
+                .filter(|(n, _)| wanted.get(n).is_none() && self.defaults.get(n).is_none())
+                .map(|(n, _)| n.to_string())
+                .collect();
+            for n in stale {
+                self.params.remove(&n);
+            }
+        }
+        Ok(err)
+    }
+
+    /// True when the server is idle outside a transaction with nothing owed.
+    pub fn is_clean(&self) -> bool {
+        !self.broken && self.owed.is_empty() && self.tx_status == b'I' && self.rbuf.is_empty() && !self.scanner.in_tail()
+    }
+
+    /// Checks, without blocking, that an idle connection has neither been closed
+    /// by the server nor sent anything unasked (which would put it out of sync).
+    pub fn idle_socket_ok(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+
+    /// Rolls back an open transaction so the connection can be reused.
+    pub async fn rollback(&mut self) -> Result<(), ServerError> {
+        self.run_internal("ROLLBACK").await?;
+        if self.tx_status != b'I' {
+            self.broken = true;
+        }
+        Ok(())
+    }
+
+    /// Sends Terminate and closes; errors are irrelevant at this point.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        messages::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+
+    /// Drains and discards a pending reply stream (used after a cancel).
+    pub async fn drain_to_idle(&mut self) -> Result<(), ServerError> {
+        while !self.owed.is_empty() {
+            self.rbuf.reserve(4096);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+            let mut pos = 0;
+            loop {
+                match self.scanner.next(&self.rbuf, pos).map_err(|e| ServerError::Protocol(e.to_string()))? {
+                    Piece::NeedMore => break,
+                    Piece::Tail { len } => pos += len,
+                    Piece::Head { tag, len } | Piece::Frame { tag, len } => {
+                        if tag == btag::READY_FOR_QUERY && len == 6 {
+                            self.tx_status = self.rbuf[pos + 5];
+                        }
+                        self.owed.on_server(tag)?;
+                        pos += len;
+                    }
+                }
+            }
+            self.rbuf.advance(pos);
+        }
+        Ok(())
+    }
+}
