@@ -216,12 +216,33 @@ impl Cluster {
         run(c, "pg_ctl stop").map(|_| ())
     }
 
-    /// Runs SQL with psql as `user` against a port; returns psql's output.
+    /// Runs SQL with psql as `user` against a port, statement by statement
+    /// (so CREATE DATABASE works); returns psql's output.
     pub fn psql(&self, port: u16, user: &str, sql: &str) -> Result<String> {
-        let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1"])
-            .args(["-p", &port.to_string(), "-U", user, "-d", "postgres", "-c", sql]);
-        run(c, "psql")
+        self.psql_db(port, user, "postgres", sql)
+    }
+
+    /// Like [`Cluster::psql`], in database `db`.
+    pub fn psql_db(&self, port: u16, user: &str, db: &str, sql: &str) -> Result<String> {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-U", user, "-d", db, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("psql: cannot start: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(|e| format!("psql: write: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn stop(&mut self) {

@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# Side-by-side pgbench: sluice vs. direct PostgreSQL vs. PgBouncer.
+#
+# All three targets sit in front of the same throwaway primary and are run
+# interleaved (sluice, direct, pgbouncer, next round ...), so slow drift on the
+# machine (thermal, page cache, a neighbour's build) hits every target alike
+# instead of skewing whichever one happened to run last.
+#
+# Usage (as root, Debian 12, PostgreSQL 15 installed):
+#   bash bench/compare.sh
+#   DURATION=5 ROUNDS=1 bash bench/compare.sh          # quick smoke run
+#   SLUICE_BIN=/path/to/sluice bash bench/compare.sh   # use a prebuilt binary
+#
+# Knobs (environment):
+#   DURATION   seconds per pgbench run                     (20)
+#   CLIENTS    pgbench -c                                  (50)
+#   JOBS       pgbench -j                                  (2)
+#   ROUNDS     interleaved rounds per mode                 (2)
+#   MODES      pgbench -M protocols, space separated       ("simple extended")
+#              ("prepared" cannot work through a transaction pooler that does
+#              not track prepared statements, so it is not a default.)
+#   WARMUP     seconds of unrecorded load per target first (3; 0 = skip)
+#   SCALE      pgbench -i -s                               (10)
+#   POOL_SIZE  server pool size for both poolers           (20)
+#   SLUICE_BIN sluice binary        (<repo>/target/release/sluice)
+#   PG_BIN     PostgreSQL server binaries (/usr/lib/postgresql/15/bin)
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SLUICE_BIN="${SLUICE_BIN:-$REPO_ROOT/target/release/sluice}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PGBOUNCER_BIN=/usr/sbin/pgbouncer
+
+DURATION="${DURATION:-20}"
+CLIENTS="${CLIENTS:-50}"
+JOBS="${JOBS:-2}"
+ROUNDS="${ROUNDS:-2}"
+MODES="${MODES:-simple extended}"
+WARMUP="${WARMUP:-3}"
+SCALE="${SCALE:-10}"
+POOL_SIZE="${POOL_SIZE:-20}"
+TARGETS="sluice direct pgbouncer"
+
+# Stray libpq settings from the caller's shell would silently redirect or alter
+# connections; everything below passes host/port/user/db explicitly.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
+# Neither pooler is given TLS here; disabling it for all three targets keeps the
+# handshake identical and avoids a wasted SSLRequest round trip.
+export PGSSLMODE=disable PGGSSENCMODE=disable
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "run as root (PostgreSQL and PgBouncer are started as the postgres user via runuser/setpriv)"
+[[ -x "$SLUICE_BIN" ]] || die "sluice binary not found at $SLUICE_BIN (build it or set SLUICE_BIN)"
+[[ -x "$PG_BIN/initdb" ]] || die "PostgreSQL server binaries not found in $PG_BIN"
+command -v pgbench >/dev/null || die "pgbench not on PATH"
+command -v psql >/dev/null || die "psql not on PATH"
+id postgres >/dev/null 2>&1 || die "no postgres OS user"
+
+# ---------------------------------------------------------------------------
+# PgBouncer install. The Debian package would normally start its own service
+# on port 6432; we want only the instance we configure ourselves, so block
+# service starts for the duration of the install unless a policy already does.
+# ---------------------------------------------------------------------------
+if [[ ! -x $PGBOUNCER_BIN ]]; then
+    log "installing pgbouncer"
+    created_policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    install_ok=1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null ||
+        { apt-get update >/dev/null &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null; } ||
+        install_ok=""
+    [[ -n $created_policy ]] && rm -f /usr/sbin/policy-rc.d
+    [[ -n $install_ok && -x $PGBOUNCER_BIN ]] || die "could not install pgbouncer"
+fi
+
+# ---------------------------------------------------------------------------
+# State and cleanup. Everything we start is tracked by PID so that cleanup
+# never touches a PostgreSQL or pooler that belongs to someone else.
+# ---------------------------------------------------------------------------
+TMP=""
+SLUICE_PID=""
+BOUNCER_PID=""
+PG_STARTED=""
+
+stop_pid() {
+    local pid=$1 name=$2 i
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    # sluice drains gracefully on SIGTERM; give it a moment, then insist.
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name ($pid) ignored SIGTERM; killing"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    stop_pid "${PGBENCH_PID:-}" pgbench
+    stop_pid "$SLUICE_PID" sluice
+    stop_pid "$BOUNCER_PID" pgbouncer
+    if [[ -n $PG_STARTED ]]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    fi
+    [[ -n $TMP && -d $TMP ]] && rm -rf -- "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+# Route signals through EXIT so cleanup runs exactly once.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# initdb/postgres refuse to run as root. The subshell cd avoids "could not
+# change directory" noise when the caller's cwd is unreadable to postgres.
+as_pg() { (cd "$TMP" && runuser -u postgres -- "$@"); }
+
+TMP="$(mktemp -d /tmp/sluice-compare.XXXXXX)"
+chown postgres: "$TMP"
+
+# Random start so two concurrent invocations rarely race for the same port;
+# the used-list keeps our own picks distinct before anything binds them.
+USED_PORTS=" "
+pick_port() {
+    local p tries
+    for ((tries = 0; tries < 500; tries++)); do
+        p=$((20000 + RANDOM % 12700))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if [[ -z "$(ss -ltnH "sport = :$p")" ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free TCP port found"
+}
+PG_PORT=$(pick_port)
+SLUICE_PORT=$(pick_port)
+BOUNCER_PORT=$(pick_port)
+
+# ---------------------------------------------------------------------------
+# Throwaway primary.
+# ---------------------------------------------------------------------------
+log "initdb in $TMP/data (port $PG_PORT)"
+as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust -E UTF8 --locale=C -N \
+    >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+
+cat >>"$TMP/data/postgresql.conf" <<EOF
+
+# --- compare.sh ---
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = ''
+max_connections = 300
+# Durability is irrelevant for a disposable cluster and only adds noise.
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+# Scale 10 is ~160 MB; keep it all in shared buffers so select-only runs
+# measure the connection path, not the page cache.
+shared_buffers = 256MB
+password_encryption = 'scram-sha-256'
+EOF
+
+# The superuser stays on trust for setup; the benchmark role must really go
+# through SCRAM so every target pays the same authentication cost.
+cat >"$TMP/data/pg_hba.conf" <<EOF
+host all postgres 127.0.0.1/32 trust
+host all all      127.0.0.1/32 scram-sha-256
+EOF
+
+as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
+    { tail -n 30 "$TMP/postgres.log" >&2; die "postgres did not start"; }
+PG_STARTED=1
+
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+    -c "CREATE ROLE bench LOGIN PASSWORD 'bench'" \
+    -c "CREATE DATABASE bench OWNER bench" >/dev/null
+
+log "pgbench -i -s $SCALE"
+# Initialise as bench so it owns the tables and needs no extra grants.
+PGPASSWORD=bench pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
+    >"$TMP/pgbench-init.log" 2>&1 || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------------------
+# Poolers.
+# ---------------------------------------------------------------------------
+# Poll with a real authenticated query: a listening socket alone does not
+# prove that the pooler can reach and authenticate against the primary.
+wait_ready() {
+    local name=$1 pid=$2 port=$3 logf=$4 i
+    for ((i = 0; i < 300; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logf" >&2 || true
+            die "$name exited during startup"
+        fi
+        if PGPASSWORD=bench PGCONNECT_TIMEOUT=2 psql -X -Atq -h 127.0.0.1 -p "$port" \
+            -U bench -d bench -c 'SELECT 1' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$logf" >&2 || true
+    die "$name not ready on port $port after 30s"
+}
+
+# The HTTP endpoint is off: its fixed default port could clash with another
+# instance on the box, and it plays no part in the data path being measured.
+cat >"$TMP/pooler.toml" <<EOF
+[pooler]
+listen = "127.0.0.1:$SLUICE_PORT"
+pool_mode = "transaction"
+default_pool_size = $POOL_SIZE
+log_connections = false
+log_disconnections = false
+
+[http]
+enabled = false
+
+[users.bench]
+password = "bench"
+
+[databases.bench]
+primary = "127.0.0.1:$PG_PORT"
+EOF
+
+log "starting sluice ($SLUICE_BIN) on port $SLUICE_PORT"
+SLUICE_LOG=warn "$SLUICE_BIN" --config "$TMP/pooler.toml" >"$TMP/sluice.log" 2>&1 &
+SLUICE_PID=$!
+wait_ready sluice "$SLUICE_PID" "$SLUICE_PORT" "$TMP/sluice.log"
+
+# Plaintext userlist: PgBouncer needs the cleartext (or SCRAM secret) to do
+# SCRAM both towards the client and towards the server.
+printf '"bench" "bench"\n' >"$TMP/userlist.txt"
+chown postgres: "$TMP/userlist.txt"
+chmod 600 "$TMP/userlist.txt"
+cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $TMP/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 1000
+logfile = $TMP/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+EOF
+
+log "starting pgbouncer ($($PGBOUNCER_BIN --version | head -n1)) on port $BOUNCER_PORT"
+# setpriv execs in place (runuser would fork and wait), so $! is PgBouncer
+# itself: the PID whose CPU we sample and which cleanup stops.
+(cd "$TMP" && exec setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini") >"$TMP/pgbouncer.out" 2>&1 &
+BOUNCER_PID=$!
+wait_ready pgbouncer "$BOUNCER_PID" "$BOUNCER_PORT" "$TMP/pgbouncer.log"
+
+# ---------------------------------------------------------------------------
+# Measurement.
+# ---------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+
+port_of() {
+    case $1 in
+        sluice) echo "$SLUICE_PORT" ;;
+        direct) echo "$PG_PORT" ;;
+        pgbouncer) echo "$BOUNCER_PORT" ;;
+    esac
+}
+pid_of() {
+    case $1 in
+        sluice) echo "$SLUICE_PID" ;;
+        pgbouncer) echo "$BOUNCER_PID" ;;
+        *) echo "" ;;
+    esac
+}
+
+# utime+stime (stat fields 14 and 15) in clock ticks, summed over all threads.
+# The comm field may contain spaces, so fields are counted after its ')'.
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# pgbench runs in the background and is waited for, because bash defers traps
+# while a foreground child runs: a SIGTERM to this script would otherwise sit
+# unhandled until the whole -T period had elapsed.
+PGBENCH_PID=""
+run_pgbench() { # target mode seconds outfile
+    local rc=0
+    PGPASSWORD=bench pgbench -n -S -M "$2" -c "$CLIENTS" -j "$JOBS" -T "$3" \
+        -h 127.0.0.1 -p "$(port_of "$1")" -U bench bench >"$4" 2>&1 &
+    PGBENCH_PID=$!
+    wait "$PGBENCH_PID" || rc=$?
+    PGBENCH_PID=""
+    return "$rc"
+}
+
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+
+measure() { # round mode target
+    local round=$1 mode=$2 target=$3 pid out rc=0 t0="" t1 tps lat tx failed cpu="NA" per1k="n/a"
+    pid=$(pid_of "$target")
+    out="$TMP/run-$round-$mode-$target.log"
+    [[ -z $pid ]] || t0=$(cpu_ticks "$pid")
+    run_pgbench "$target" "$mode" "$DURATION" "$out" || rc=$?
+    if [[ -n $pid ]]; then
+        kill -0 "$pid" 2>/dev/null || { tail -n 30 "$TMP/$target.log" >&2 || true; die "$target died during the run"; }
+        t1=$(cpu_ticks "$pid")
+        cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
+    fi
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out")
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out")
+    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
+    if [[ $rc -ne 0 || -z $tps || -z $tx ]]; then
+        log "pgbench against $target exited $rc; output tail:"
+        tail -n 15 "$out" >&2
+    fi
+    tps=${tps:-0} lat=${lat:-NA} tx=${tx:-0} failed=${failed:-NA}
+    if [[ $cpu != NA && $tx -gt 0 ]]; then
+        per1k=$(awk -v c="$cpu" -v n="$tx" 'BEGIN { printf "%.4f", c * 1000 / n }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$mode" "$target" "$round" "$tps" "$lat" "$tx" "$failed" "$cpu" "$rc" >>"$RESULTS"
+    printf 'run round=%s mode=%-8s target=%-9s tps=%-10s lat_ms=%-7s tx=%-8s failed=%-3s pooler_cpu_s=%-6s cpu_s_per_1k_tx=%s%s\n' \
+        "$round" "$mode" "$target" "$tps" "$lat" "$tx" "$failed" "$cpu" "$per1k" \
+        "$([[ $rc -eq 0 ]] || echo " pgbench_exit=$rc")"
+}
+
+echo "# sluice vs direct vs pgbouncer — pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pool size $POOL_SIZE"
+echo "# modes: $MODES; rounds: $ROUNDS; order per round: $TARGETS"
+echo "# sluice: $SLUICE_BIN ($("$SLUICE_BIN" --version 2>/dev/null || echo '?'))"
+echo "# pgbouncer: $($PGBOUNCER_BIN --version | head -n1); postgres: $("$PG_BIN/postgres" --version)"
+echo "# host: $(nproc) CPUs, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# First contact pays for server-connection setup and cold caches; absorb that
+# outside the measured runs so round 1 is not penalised per target.
+if [[ $WARMUP -gt 0 ]]; then
+    for target in $TARGETS; do
+        log "warmup $target (${WARMUP}s)"
+        run_pgbench "$target" simple "$WARMUP" "$TMP/warmup-$target.log" ||
+            { tail -n 15 "$TMP/warmup-$target.log" >&2; die "warmup against $target failed"; }
+    done
+fi
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for mode in $MODES; do
+        for target in $TARGETS; do
+            measure "$round" "$mode" "$target"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------
+# Summary. CPU per 1000 tx is total pooler CPU over total transactions across
+# rounds (a transaction-weighted mean), which is steadier than averaging the
+# per-run ratios.
+# ---------------------------------------------------------------------------
+echo
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
+    {
+        k = $1 SUBSEP $2
+        n[k]++; tps[k] += $4; tx[k] += $6
+        if ($5 != "NA") { lat[k] += $5; nl[k]++ }
+        if ($7 != "NA") fail[k] += $7; else failna[k] = 1
+        if ($8 != "NA") { cpu[k] += $8; hascpu[k] = 1 }
+        if ($9 != 0) bad[k]++
+    }
+    function cpk(k) { return (hascpu[k] && tx[k] > 0) ? cpu[k] * 1000 / tx[k] : -1 }
+    function mtps(k) { return n[k] ? tps[k] / n[k] : 0 }
+    function ratio(a, b) { return (b > 0 && a >= 0) ? sprintf("%.3f", a / b) : "n/a" }
+    END {
+        nm = split(modes, M, " "); nt = split(targets, T, " ")
+        print "| mode | target | tps (mean) | avg latency ms | pooler CPU s / 1000 tx | failed |"
+        print "|---|---|---:|---:|---:|---:|"
+        for (i = 1; i <= nm; i++) for (j = 1; j <= nt; j++) {
+            k = M[i] SUBSEP T[j]
+            if (!n[k]) continue
+            c = cpk(k)
+            printf "| %s | %s | %.1f | %s | %s | %s%s |\n", M[i], T[j], mtps(k),
+                (nl[k] ? sprintf("%.3f", lat[k] / nl[k]) : "n/a"),
+                (c >= 0 ? sprintf("%.4f", c) : "n/a"),
+                (failna[k] ? "n/a" : fail[k]), (bad[k] ? " (" bad[k] " pgbench errors)" : "")
+        }
+        print ""
+        for (i = 1; i <= nm; i++) {
+            s = M[i] SUBSEP "sluice"; d = M[i] SUBSEP "direct"; b = M[i] SUBSEP "pgbouncer"
+            printf "%s: sluice/pgbouncer tps = %s, sluice/pgbouncer CPU per tx = %s, sluice/direct tps = %s\n",
+                M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
+        }
+    }' "$RESULTS"

@@ -1,0 +1,251 @@
+//! Test harness: one PostgreSQL primary with two streaming replicas per test
+//! binary, and sluice instances started in-process on free ports.
+
+#![allow(dead_code)]
+
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use sluice::cluster::{free_port, Cluster};
+
+pub const APP_PASSWORD: &str = "app-pw";
+pub const MD5_PASSWORD: &str = "md5-pw";
+
+const SETUP_SQL: &str = "
+CREATE ROLE app LOGIN PASSWORD 'app-pw';
+SET password_encryption = 'md5';
+CREATE ROLE md5_user LOGIN PASSWORD 'md5-pw';
+RESET password_encryption;
+CREATE ROLE trust_user LOGIN;
+CREATE DATABASE app OWNER app;
+";
+
+const APP_DB_SQL: &str = "
+GRANT ALL ON SCHEMA public TO PUBLIC;
+CREATE TABLE items (id bigserial PRIMARY KEY, note text);
+GRANT ALL ON items, items_id_seq TO PUBLIC;
+";
+
+struct Shared {
+    cluster: Cluster,
+    runtime: tokio::runtime::Runtime,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SLUICE_TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{}",
+            std::process::id(),
+            std::thread::current().name().unwrap_or("t").replace("::", "-")
+        ));
+        let cluster = Cluster::start(&dir, 2, SETUP_SQL).expect("start PostgreSQL cluster");
+        cluster
+            .psql_db(cluster.primary.port, "postgres", "app", APP_DB_SQL)
+            .expect("set up database app");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("pooler runtime");
+        Shared { cluster, runtime }
+    })
+}
+
+pub fn cluster() -> &'static Cluster {
+    &shared().cluster
+}
+
+pub fn primary_port() -> u16 {
+    cluster().primary.port
+}
+
+/// The config text of a pooler in front of the test cluster, with `pooler_extra`
+/// lines added to `[pooler]` and `tail` appended.
+pub fn config_text(port: u16, pooler_extra: &str, tail: &str) -> String {
+    let c = cluster();
+    let replicas: Vec<String> = c.replicas.iter().map(|r| format!("\"127.0.0.1:{}\"", r.port)).collect();
+    format!(
+        r#"
+[pooler]
+listen = "127.0.0.1:{port}"
+log_connections = false
+log_disconnections = false
+{pooler_extra}
+
+[users.app]
+password = "{APP_PASSWORD}"
+
+[users.md5_user]
+password = "{MD5_PASSWORD}"
+auth = "md5"
+
+[users.trust_user]
+auth = "trust"
+
+[databases.app]
+primary = "127.0.0.1:{primary}"
+replicas = [{replicas}]
+
+{tail}
+"#,
+        primary = c.primary.port,
+        replicas = replicas.join(", "),
+    )
+}
+
+/// Starts a pooler with `pooler_extra` in its `[pooler]` section; returns its address.
+pub async fn pooler(pooler_extra: &str) -> SocketAddr {
+    pooler_with(pooler_extra, "").await
+}
+
+pub async fn pooler_with(pooler_extra: &str, tail: &str) -> SocketAddr {
+    let s = shared();
+    let text = config_text(free_port(), pooler_extra, tail);
+    let cfg = sluice::config::Config::parse(&text, "test").expect("valid test config");
+    let (_app, addrs) = s
+        .runtime
+        .spawn(async move { sluice::start(cfg).await })
+        .await
+        .expect("pooler task")
+        .expect("pooler starts");
+    addrs[0]
+}
+
+pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> String {
+    format!(
+        "host={} port={} user={user} password={password} dbname={db} connect_timeout=10",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A tokio-postgres client through the pooler as `app`.
+pub async fn connect(addr: SocketAddr) -> tokio_postgres::Client {
+    connect_as(addr, "app", APP_PASSWORD, "app").await.expect("connect through sluice")
+}
+
+pub async fn connect_as(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&conn_string(addr, user, password, db), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres client straight to the primary, as the superuser.
+pub async fn connect_primary() -> tokio_postgres::Client {
+    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=app", primary_port());
+    let (client, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect primary");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// A raw wire-protocol client, for what drivers do not do on purpose.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn tcp(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Logs in as `trust_user` (no password) and reads up to ReadyForQuery.
+    pub async fn login(addr: SocketAddr, db: &str) -> Raw {
+        let mut raw = Raw::tcp(addr).await;
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message([("user", "trust_user"), ("database", db)], &mut out)
+            .unwrap();
+        raw.send(&out).await;
+        let msgs = raw.until_ready().await;
+        assert!(msgs.iter().any(|(t, _)| *t == b'R'), "authentication ok expected: {msgs:?}");
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("raw write");
+    }
+
+    /// The next message, or None when the connection closed.
+    pub async fn recv(&mut self) -> Option<(u8, BytesMut)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() > len {
+                    let mut msg = self.buf.split_to(len + 1);
+                    let tag = msg[0];
+                    msg.advance(5);
+                    return Some((tag, msg));
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("raw read timed out")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<(u8, BytesMut)> {
+        let mut out = Vec::new();
+        while let Some((t, body)) = self.recv().await {
+            out.push((t, body));
+            if t == b'Z' {
+                return out;
+            }
+        }
+        panic!("connection closed before ReadyForQuery: {out:?}");
+    }
+
+    /// Reads one byte (the answer to SSLRequest).
+    pub async fn recv_byte(&mut self) -> u8 {
+        let mut b = [0u8; 1];
+        self.stream.read_exact(&mut b).await.expect("read byte");
+        b[0]
+    }
+}
+
+/// The SQLSTATE in an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> String {
+    sluice::protocol::error_fields::ErrorFields::parse(body).code
+}
+
+/// A frame built by hand: tag, then body.
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
