@@ -125,8 +125,13 @@ pub async fn pooler_with(pooler_extra: &str, tail: &str) -> SocketAddr {
 }
 
 pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> String {
+    let password = if password.is_empty() {
+        String::new()
+    } else {
+        format!("password={password} ")
+    };
     format!(
-        "host={} port={} user={user} password={password} dbname={db} connect_timeout=10",
+        "host={} port={} user={user} {password}dbname={db} connect_timeout=10",
         addr.ip(),
         addr.port()
     )
