@@ -1,0 +1,229 @@
+//! Failures and limits: cancel, clients and servers that vanish, garbage on
+//! the wire, and the timeouts.
+
+mod support;
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use std::time::{Duration, Instant};
+use support::*;
+
+#[tokio::test]
+async fn cancel_reaches_the_running_query() {
+    let addr = pooler("default_pool_size = 2").await;
+    let c = connect(addr).await;
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("57014"));
+    assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn cancel_of_an_idle_client_is_a_no_op() {
+    let addr = pooler("default_pool_size = 1").await;
+    let idle = connect(addr).await;
+    let busy = connect(addr).await;
+    // idle's cancel key must not touch busy's query on the shared server.
+    let running = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    idle.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    running.await.unwrap().expect("busy's query was not cancelled");
+    assert_eq!(idle.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_cancel_key_does_nothing() {
+    let addr = pooler("").await;
+    let c = connect(addr).await;
+    let running = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut raw = Raw::tcp(addr).await;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(12345, 67890, &mut out);
+    raw.send(&out).await;
+    assert!(raw.recv().await.is_none(), "cancel connections are closed without reply");
+    running.await.unwrap().expect("not cancelled");
+}
+
+#[tokio::test]
+async fn client_killed_mid_transaction_leaves_nothing_committed() {
+    let addr = pooler("default_pool_size = 1").await;
+    let marker = format!("killed-{}", std::process::id());
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::query(&format!("BEGIN; INSERT INTO items (note) VALUES ('{marker}')"), &mut out).unwrap();
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs.last().unwrap().1[0], b'T', "inside the transaction");
+    drop(raw);
+    // The only server connection is rolled back and serves the next client.
+    let c = connect(addr).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items WHERE note = $1", &[&marker])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let status: String = c
+        .query_one("SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "active");
+    let primary = connect_primary().await;
+    let n: i64 = primary
+        .query_one("SELECT count(*) FROM items WHERE note = $1", &[&marker])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn client_killed_mid_query_does_not_poison_the_pool() {
+    let addr = pooler("default_pool_size = 1").await;
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::query("BEGIN; INSERT INTO items (note) VALUES ('mid-query'); SELECT pg_sleep(1)", &mut out).unwrap();
+    raw.send(&out).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(raw);
+    let c = connect(addr).await;
+    let rows = c.simple_query("SELECT count(*) FROM items WHERE note = 'mid-query'").await.unwrap();
+    let count = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn server_killed_mid_query_gives_an_error_and_the_pool_heals() {
+    let addr = pooler("default_pool_size = 1").await;
+    let c = connect(addr).await;
+    let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    let sleeper = tokio::spawn(async move {
+        let r = c.simple_query("SELECT pg_sleep(10)").await;
+        (c, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let primary = connect_primary().await;
+    primary.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    let (_c, r) = sleeper.await.unwrap();
+    assert!(r.is_err(), "the client learns its query died");
+    let fresh = connect(addr).await;
+    let new_pid: i32 = fresh.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn server_closed_while_idle_in_pool_is_replaced() {
+    let addr = pooler("default_pool_size = 1").await;
+    let c = connect(addr).await;
+    let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    let primary = connect_primary().await;
+    primary.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The dead idle connection is noticed at checkout; the client sees nothing.
+    let new_pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_packets_are_refused_while_others_work() {
+    let addr = pooler("max_packet_size = 65536\ndefault_pool_size = 2").await;
+    let survivor = connect(addr).await;
+    // Random bytes instead of a startup packet.
+    let mut raw = Raw::tcp(addr).await;
+    raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let reply = raw.recv().await;
+    assert!(reply.is_none() || reply.unwrap().0 == b'E');
+    // A startup packet claiming to be huge.
+    let mut raw = Raw::tcp(addr).await;
+    raw.send(&0x7fff_0000u32.to_be_bytes()).await;
+    let reply = raw.recv().await;
+    assert!(reply.is_none() || reply.unwrap().0 == b'E');
+    // A logged-in client sends a query larger than max_packet_size.
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::query(&format!("SELECT '{}'", "x".repeat(100_000)), &mut out).unwrap();
+    raw.send(&out).await;
+    let (t, body) = raw.recv().await.unwrap();
+    assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
+    // An unknown message type.
+    let mut raw = Raw::login(addr, "app").await;
+    raw.send(&frame(b'@', b"junk")).await;
+    let (t, body) = raw.recv().await.unwrap();
+    assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
+    // A negative length.
+    let mut raw = Raw::login(addr, "app").await;
+    raw.send(&[b'Q', 0xff, 0xff, 0xff, 0xf0]).await;
+    let (t, body) = raw.recv().await.unwrap();
+    assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
+    // Garbage in the middle of SCRAM.
+    let mut raw = Raw::tcp(addr).await;
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "app"), ("database", "app")], &mut out).unwrap();
+    raw.send(&out).await;
+    let (t, _) = raw.recv().await.unwrap();
+    assert_eq!(t, b'R');
+    raw.send(&frame(b'p', b"SCRAM-SHA-256\0\xff\xff\xff\xffgarbage")).await;
+    let (t, body) = raw.recv().await.unwrap();
+    assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
+
+    assert_eq!(survivor.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+}
+
+#[tokio::test]
+async fn query_wait_timeout_fails_the_waiter_only() {
+    let addr = pooler("default_pool_size = 1\nquery_wait_timeout = \"300ms\"").await;
+    let holder = connect(addr).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(addr).await;
+    let e = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert!(e.to_string().contains("query_wait_timeout") || e.as_db_error().is_some_and(|d| d.message().contains("query_wait_timeout")), "{e}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(holder.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0), 1);
+}
+
+#[tokio::test]
+async fn idle_transaction_timeout_closes_and_rolls_back() {
+    let addr = pooler("default_pool_size = 1\nidle_transaction_timeout = \"300ms\"").await;
+    let c = connect(addr).await;
+    c.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('idle-tx')").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let e = c.simple_query("COMMIT").await.unwrap_err();
+    assert!(e.is_closed() || sqlstate(&e).as_deref() == Some("25P03"), "{e}");
+    let other = connect(addr).await;
+    let n: i64 = other
+        .query_typed("SELECT count(*) FROM items WHERE note = 'idle-tx'", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn client_idle_timeout_closes_idle_clients() {
+    let addr = pooler("client_idle_timeout = \"300ms\"").await;
+    let c = connect(addr).await;
+    assert_eq!(c.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(c.simple_query("SELECT 1").await.is_err());
+}
+
+#[tokio::test]
+async fn client_login_timeout_drops_silent_clients() {
+    let addr = pooler("client_login_timeout = \"300ms\"").await;
+    let mut raw = Raw::tcp(addr).await;
+    // Half a startup packet, then silence.
+    raw.send(&[0, 0, 0, 40, 0, 3]).await;
+    let started = Instant::now();
+    let reply = raw.recv().await;
+    assert!(reply.is_none() || reply.unwrap().0 == b'E');
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
