@@ -150,7 +150,16 @@ impl Cluster {
         cluster.spawn_watchdog();
         let mut initdb = pg_command(&bin, "initdb");
         initdb
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+                "-D",
+            ])
             .arg(&cluster.primary.data);
         run(initdb, "initdb")?;
         let conf = format!(
@@ -177,11 +186,21 @@ impl Cluster {
                 data: dir.join(format!("replica{}", i + 1)),
             };
             let mut bb = pg_command(&bin, "pg_basebackup");
-            bb.args(["-h", "127.0.0.1", "-p", &cluster.primary.port.to_string(), "-U", "postgres"])
-                .args(["-R", "-X", "stream", "-c", "fast", "-D"])
-                .arg(&node.data);
+            bb.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&node.data);
             run(bb, "pg_basebackup")?;
-            append(&node.data.join("postgresql.conf"), &format!("port = {}\n", node.port))?;
+            append(
+                &node.data.join("postgresql.conf"),
+                &format!("port = {}\n", node.port),
+            )?;
             cluster.replicas.push(node);
             cluster.pg_ctl_start(i + 1)?;
         }
@@ -212,7 +231,9 @@ impl Cluster {
     pub fn pg_ctl_stop(&self, index: usize) -> Result<()> {
         let node = self.node(index);
         let mut c = pg_command(&self.bin, "pg_ctl");
-        c.args(["-w", "-D"]).arg(&node.data).args(["-m", "immediate", "stop"]);
+        c.args(["-w", "-D"])
+            .arg(&node.data)
+            .args(["-m", "immediate", "stop"]);
         run(c, "pg_ctl stop").map(|_| ())
     }
 
@@ -226,7 +247,15 @@ impl Cluster {
     pub fn psql_db(&self, port: u16, user: &str, db: &str, sql: &str) -> Result<String> {
         use std::io::Write;
         let mut child = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-h",
+                "127.0.0.1",
+            ])
             .args(["-p", &port.to_string(), "-U", user, "-d", db, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,7 +269,10 @@ impl Cluster {
         }
         let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
         if !out.status.success() {
-            return Err(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -259,7 +291,11 @@ impl Cluster {
     /// A detached shell that stops the servers once this process is gone.
     fn spawn_watchdog(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let as_pg = if is_root() { "runuser -u postgres -- " } else { "" };
+        let as_pg = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         let dir = self.dir.display().to_string();
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
@@ -289,7 +325,8 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {

@@ -10,7 +10,10 @@ const SETUP: &str = "CREATE ROLE app LOGIN PASSWORD 'app'; CREATE DATABASE app O
 
 pub async fn run() -> ExitCode {
     let dir = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
-    println!("Starting a PostgreSQL primary and two streaming replicas in {} ...", dir.display());
+    println!(
+        "Starting a PostgreSQL primary and two streaming replicas in {} ...",
+        dir.display()
+    );
     let started = tokio::task::spawn_blocking(move || Cluster::start(&dir, 2, SETUP)).await;
     let mut cluster = match started {
         Ok(Ok(c)) => c,
@@ -64,7 +67,10 @@ pub async fn run() -> ExitCode {
             ExitCode::from(1)
         }
     };
-    println!("Stopping PostgreSQL and removing {} ...", cluster.dir.display());
+    println!(
+        "Stopping PostgreSQL and removing {} ...",
+        cluster.dir.display()
+    );
     let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
     code
 }

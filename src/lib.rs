@@ -17,13 +17,18 @@ use std::sync::Arc;
 
 /// Binds every `[pooler] listen` address and serves clients until the future
 /// is dropped. Returns the bound addresses (useful with port 0).
-pub async fn start(config: config::Config) -> std::io::Result<(Arc<app::App>, Vec<std::net::SocketAddr>)> {
+pub async fn start(
+    config: config::Config,
+) -> std::io::Result<(Arc<app::App>, Vec<std::net::SocketAddr>)> {
     let app = app::App::new(config);
     let mut addrs = Vec::new();
     for listen in &app.config.pooler.listen {
-        let addr: std::net::SocketAddr = listen
-            .parse()
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad listen address {listen}")))?;
+        let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bad listen address {listen}"),
+            )
+        })?;
         let listener = client::bind(addr)?;
         addrs.push(listener.local_addr()?);
         tokio::spawn(client::accept_loop(app.clone(), listener));

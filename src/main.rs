@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "PostgreSQL connection pooler and read/write router")]
+#[command(
+    name = "sluice",
+    version,
+    about = "PostgreSQL connection pooler and read/write router"
+)]
 struct Cli {
     /// Path to pooler.toml.
     #[arg(short, long, global = true, env = "SLUICE_CONFIG")]
@@ -47,7 +51,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -94,7 +101,10 @@ async fn serve(cfg: sluice::config::Config) -> ExitCode {
 
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

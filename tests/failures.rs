@@ -19,7 +19,11 @@ async fn cancel_reaches_the_running_query() {
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = sleeper.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("57014"));
-    assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -28,24 +32,41 @@ async fn cancel_of_an_idle_client_is_a_no_op() {
     let idle = connect(addr).await;
     let busy = connect(addr).await;
     // idle's cancel key must not touch busy's query on the shared server.
-    let running = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
+    let running =
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    idle.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
-    running.await.unwrap().expect("busy's query was not cancelled");
-    assert_eq!(idle.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    idle.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    running
+        .await
+        .unwrap()
+        .expect("busy's query was not cancelled");
+    assert_eq!(
+        idle.query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_cancel_key_does_nothing() {
     let addr = pooler("").await;
     let c = connect(addr).await;
-    let running = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
+    let running =
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(0.5)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut raw = Raw::tcp(addr).await;
     let mut out = BytesMut::new();
     frontend::cancel_request(12345, 67890, &mut out);
     raw.send(&out).await;
-    assert!(raw.recv().await.is_none(), "cancel connections are closed without reply");
+    assert!(
+        raw.recv().await.is_none(),
+        "cancel connections are closed without reply"
+    );
     running.await.unwrap().expect("not cancelled");
 }
 
@@ -55,7 +76,11 @@ async fn client_killed_mid_transaction_leaves_nothing_committed() {
     let marker = format!("killed-{}", std::process::id());
     let mut raw = Raw::login(addr, "app").await;
     let mut out = BytesMut::new();
-    frontend::query(&format!("BEGIN; INSERT INTO items (note) VALUES ('{marker}')"), &mut out).unwrap();
+    frontend::query(
+        &format!("BEGIN; INSERT INTO items (note) VALUES ('{marker}')"),
+        &mut out,
+    )
+    .unwrap();
     raw.send(&out).await;
     let msgs = raw.until_ready().await;
     assert_eq!(msgs.last().unwrap().1[0], b'T', "inside the transaction");
@@ -69,7 +94,10 @@ async fn client_killed_mid_transaction_leaves_nothing_committed() {
         .get(0);
     assert_eq!(n, 0);
     let status: String = c
-        .query_one("SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -88,12 +116,19 @@ async fn client_killed_mid_query_does_not_poison_the_pool() {
     let addr = pooler("default_pool_size = 1").await;
     let mut raw = Raw::login(addr, "app").await;
     let mut out = BytesMut::new();
-    frontend::query("BEGIN; INSERT INTO items (note) VALUES ('mid-query'); SELECT pg_sleep(1)", &mut out).unwrap();
+    frontend::query(
+        "BEGIN; INSERT INTO items (note) VALUES ('mid-query'); SELECT pg_sleep(1)",
+        &mut out,
+    )
+    .unwrap();
     raw.send(&out).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(raw);
     let c = connect(addr).await;
-    let rows = c.simple_query("SELECT count(*) FROM items WHERE note = 'mid-query'").await.unwrap();
+    let rows = c
+        .simple_query("SELECT count(*) FROM items WHERE note = 'mid-query'")
+        .await
+        .unwrap();
     let count = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
         _ => None,
@@ -112,11 +147,18 @@ async fn server_killed_mid_query_gives_an_error_and_the_pool_heals() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let primary = connect_primary().await;
-    primary.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    primary
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
     let (_c, r) = sleeper.await.unwrap();
     assert!(r.is_err(), "the client learns its query died");
     let fresh = connect(addr).await;
-    let new_pid: i32 = fresh.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    let new_pid: i32 = fresh
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
     assert_ne!(new_pid, pid);
 }
 
@@ -126,7 +168,10 @@ async fn server_closed_while_idle_in_pool_is_replaced() {
     let c = connect(addr).await;
     let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     let primary = connect_primary().await;
-    primary.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    primary
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The dead idle connection is noticed at checkout; the client sees nothing.
     let new_pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
@@ -171,11 +216,19 @@ async fn garbage_and_oversized_packets_are_refused_while_others_work() {
     raw.send(&out).await;
     let (t, _) = raw.recv().await.unwrap();
     assert_eq!(t, b'R');
-    raw.send(&frame(b'p', b"SCRAM-SHA-256\0\xff\xff\xff\xffgarbage")).await;
+    raw.send(&frame(b'p', b"SCRAM-SHA-256\0\xff\xff\xff\xffgarbage"))
+        .await;
     let (t, body) = raw.recv().await.unwrap();
     assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
 
-    assert_eq!(survivor.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    assert_eq!(
+        survivor
+            .query_one("SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test]
@@ -185,19 +238,32 @@ async fn query_wait_timeout_fails_the_waiter_only() {
     holder.batch_execute("BEGIN").await.unwrap();
     let waiter = connect(addr).await;
     let e = waiter.simple_query("SELECT 1").await.unwrap_err();
-    assert!(e.to_string().contains("query_wait_timeout") || e.as_db_error().is_some_and(|d| d.message().contains("query_wait_timeout")), "{e}");
+    assert!(
+        e.to_string().contains("query_wait_timeout")
+            || e.as_db_error()
+                .is_some_and(|d| d.message().contains("query_wait_timeout")),
+        "{e}"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(holder.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0), 1);
+    assert_eq!(
+        holder.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
 async fn idle_transaction_timeout_closes_and_rolls_back() {
     let addr = pooler("default_pool_size = 1\nidle_transaction_timeout = \"300ms\"").await;
     let c = connect(addr).await;
-    c.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('idle-tx')").await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO items (note) VALUES ('idle-tx')")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let e = c.simple_query("COMMIT").await.unwrap_err();
-    assert!(e.is_closed() || sqlstate(&e).as_deref() == Some("25P03"), "{e}");
+    assert!(
+        e.is_closed() || sqlstate(&e).as_deref() == Some("25P03"),
+        "{e}"
+    );
     let other = connect(addr).await;
     let n: i64 = other
         .query_typed("SELECT count(*) FROM items WHERE note = 'idle-tx'", &[])
@@ -211,7 +277,10 @@ async fn idle_transaction_timeout_closes_and_rolls_back() {
 async fn client_idle_timeout_closes_idle_clients() {
     let addr = pooler("client_idle_timeout = \"300ms\"").await;
     let c = connect(addr).await;
-    assert_eq!(c.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0), 1);
+    assert_eq!(
+        c.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0),
+        1
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(c.simple_query("SELECT 1").await.is_err());
 }

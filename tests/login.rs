@@ -13,19 +13,34 @@ use support::*;
 async fn scram_login_right_and_wrong_password() {
     let addr = pooler("").await;
     let c = connect_as(addr, "app", APP_PASSWORD, "app").await.unwrap();
-    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "app");
-    let e = connect_as(addr, "app", "wrong", "app").await.err().expect("wrong password refused");
+    let Err(e) = connect_as(addr, "app", "wrong", "app").await else {
+        panic!("wrong password accepted")
+    };
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
 }
 
 #[tokio::test]
 async fn md5_login_and_md5_server_auth() {
     let addr = pooler("").await;
-    let c = connect_as(addr, "md5_user", MD5_PASSWORD, "app").await.unwrap();
-    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let c = connect_as(addr, "md5_user", MD5_PASSWORD, "app")
+        .await
+        .unwrap();
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "md5_user");
-    let e = connect_as(addr, "md5_user", "nope", "app").await.err().unwrap();
+    let e = connect_as(addr, "md5_user", "nope", "app")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
 }
 
@@ -41,19 +56,35 @@ async fn stored_scram_and_md5_secrets_work() {
         p = primary_port()
     );
     let addr = pooler_with("", &tail).await;
-    let c = connect_as(addr, "verifier_user", APP_PASSWORD, "via_app").await.unwrap();
-    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let c = connect_as(addr, "verifier_user", APP_PASSWORD, "via_app")
+        .await
+        .unwrap();
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "app");
-    assert!(connect_as(addr, "verifier_user", "bad", "via_app").await.is_err());
-    let c = connect_as(addr, "hashed", MD5_PASSWORD, "via_app").await.unwrap();
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert!(connect_as(addr, "verifier_user", "bad", "via_app")
+        .await
+        .is_err());
+    let c = connect_as(addr, "hashed", MD5_PASSWORD, "via_app")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
 async fn trust_user_needs_no_password() {
     let addr = pooler("").await;
     let c = connect_as(addr, "trust_user", "", "app").await.unwrap();
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
@@ -61,7 +92,10 @@ async fn unknown_user_and_unknown_database() {
     let addr = pooler("").await;
     let e = connect_as(addr, "nobody", "x", "app").await.err().unwrap();
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
-    let e = connect_as(addr, "app", APP_PASSWORD, "no_such_db").await.err().unwrap();
+    let e = connect_as(addr, "app", APP_PASSWORD, "no_such_db")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"));
     assert!(e.as_db_error().unwrap().message().contains("no_such_db"));
 }
@@ -80,7 +114,9 @@ async fn ssl_and_gss_requests_are_declined_then_login_proceeds() {
         raw.send(&out).await;
         let msgs = raw.until_ready().await;
         assert!(msgs.iter().any(|(t, _)| *t == b'K'));
-        assert!(msgs.iter().any(|(t, b)| *t == b'S' && String::from_utf8_lossy(b).starts_with("server_version")));
+        assert!(msgs
+            .iter()
+            .any(|(t, b)| *t == b'S' && String::from_utf8_lossy(b).starts_with("server_version")));
     }
 }
 
@@ -89,7 +125,15 @@ async fn newer_protocol_minor_and_options_are_negotiated() {
     let addr = pooler("").await;
     let mut raw = Raw::tcp(addr).await;
     let mut body = (3u32 << 16 | 2).to_be_bytes().to_vec();
-    for s in ["user", "trust_user", "database", "app", "_pq_.fancy", "1", ""] {
+    for s in [
+        "user",
+        "trust_user",
+        "database",
+        "app",
+        "_pq_.fancy",
+        "1",
+        "",
+    ] {
         body.extend_from_slice(s.as_bytes());
         body.push(0);
     }
@@ -97,7 +141,10 @@ async fn newer_protocol_minor_and_options_are_negotiated() {
     pkt.extend_from_slice(&body);
     raw.send(&pkt).await;
     let msgs = raw.until_ready().await;
-    let (_, v) = msgs.iter().find(|(t, _)| *t == b'v').expect("NegotiateProtocolVersion");
+    let (_, v) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'v')
+        .expect("NegotiateProtocolVersion");
     assert_eq!(&v[..4], &0u32.to_be_bytes());
     assert!(String::from_utf8_lossy(v).contains("_pq_.fancy"));
 }
@@ -126,7 +173,10 @@ async fn max_client_conn_is_enforced_with_53300() {
     let addr = pooler("max_client_conn = 2").await;
     let a = connect(addr).await;
     let b = connect(addr).await;
-    let e = connect_as(addr, "app", APP_PASSWORD, "app").await.err().unwrap();
+    let e = connect_as(addr, "app", APP_PASSWORD, "app")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(sqlstate(&e).as_deref(), Some("53300"));
     drop(a);
     // The freed place is taken again once the first client is gone.
@@ -139,7 +189,10 @@ async fn max_client_conn_is_enforced_with_53300() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(ok);
-    assert_eq!(b.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        b.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test]
@@ -156,7 +209,9 @@ async fn bad_startup_option_is_reported() {
         c.query_one("SELECT 1", &[]).await
     }
     .await;
-    let e = result.err().expect("invalid TimeZone refused");
+    let Err(e) = result else {
+        panic!("invalid TimeZone accepted")
+    };
     assert_eq!(sqlstate(&e).as_deref(), Some("22023"));
 }
 
@@ -165,13 +220,28 @@ async fn psql_works_through_sluice() {
     let addr = pooler("").await;
     let psql = cluster().bin.join("psql");
     let out = tokio::process::Command::new(psql)
-        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &addr.port().to_string(), "-U", "app", "-d", "app"])
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+        ])
         .args(["-c", "SELECT 40 + 2", "-c", "SHOW application_name"])
         .env("PGPASSWORD", APP_PASSWORD)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\npsql\n");
 }
 
@@ -182,7 +252,10 @@ fn sluice_bin() -> Command {
 #[test]
 fn version_and_check_command() {
     let out = sluice_bin().arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("sluice {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sluice {}", env!("CARGO_PKG_VERSION"))
+    );
 
     let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -199,13 +272,25 @@ fn version_and_check_command() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("pool_mode = \"transaction\""));
     assert!(!stdout.contains("topsecret"), "secret printed: {stdout}");
 
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[pooler]\nlisten = \"127.0.0.1:6432\"\ndefault_pool_sise = 3\n").unwrap();
-    let out = sluice_bin().args(["check", "-c"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[pooler]\nlisten = \"127.0.0.1:6432\"\ndefault_pool_sise = 3\n",
+    )
+    .unwrap();
+    let out = sluice_bin()
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml:3"), "{stderr}");

@@ -23,7 +23,10 @@ async fn simple_and_extended_queries() {
         })
         .collect();
     assert_eq!(values, vec!["1", "two"]);
-    let row = c.query_one("SELECT $1::int + 1, $2::text", &[&41i32, &"x"]).await.unwrap();
+    let row = c
+        .query_one("SELECT $1::int + 1, $2::text", &[&41i32, &"x"])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
     assert_eq!(row.get::<_, String>(1), "x");
     let stmt = c.prepare("SELECT generate_series(1, $1)").await.unwrap();
@@ -55,15 +58,22 @@ async fn two_hundred_clients_share_five_servers() {
             .unwrap()
             .iter()
             .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get(0).and_then(|v| v.parse::<i64>().ok())
+                }
                 _ => None,
             })
             .sum();
         assert_eq!(tx_sum, i);
         pids
     });
-    let pids: std::collections::HashSet<i32> = join_all(tasks).await.into_iter().flatten().collect();
-    assert!(pids.len() <= 5, "{} server connections for a pool of 5", pids.len());
+    let pids: std::collections::HashSet<i32> =
+        join_all(tasks).await.into_iter().flatten().collect();
+    assert!(
+        pids.len() <= 5,
+        "{} server connections for a pool of 5",
+        pids.len()
+    );
 }
 
 #[tokio::test]
@@ -98,10 +108,18 @@ async fn extended_batch_with_flush_and_no_sync() {
     assert_eq!(tags, b"1tT");
     out.clear();
     for v in ["1", "41"] {
-        frontend::bind("", "s1", [0i16], [v], |v, buf| {
-            buf.extend_from_slice(v.as_bytes());
-            Ok(postgres_protocol::IsNull::No)
-        }, [0i16], &mut out)
+        frontend::bind(
+            "",
+            "s1",
+            [0i16],
+            [v],
+            |v, buf| {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [0i16],
+            &mut out,
+        )
         .map_err(|_| "bind")
         .unwrap();
         frontend::execute("", 0, &mut out).unwrap();
@@ -123,7 +141,9 @@ async fn extended_batch_with_flush_and_no_sync() {
     frontend::sync(&mut out);
     raw.send(&out).await;
     let err = raw.until_ready().await;
-    assert!(err.iter().any(|(t, b)| *t == b'E' && error_code(b) == "22012"));
+    assert!(err
+        .iter()
+        .any(|(t, b)| *t == b'E' && error_code(b) == "22012"));
     let next = raw.until_ready().await;
     assert!(next.iter().any(|(t, _)| *t == b'1'));
 }
@@ -132,9 +152,11 @@ async fn extended_batch_with_flush_and_no_sync() {
 async fn copy_in_and_out_100_megabytes() {
     let addr = pooler("default_pool_size = 2").await;
     let c = connect(addr).await;
-    c.batch_execute("CREATE TABLE IF NOT EXISTS copy_big (id int, payload text); TRUNCATE copy_big")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS copy_big (id int, payload text); TRUNCATE copy_big",
+    )
+    .await
+    .unwrap();
     let line_payload = "x".repeat(1000);
     let rows = 100_000usize;
     let sink = c.copy_in("COPY copy_big FROM STDIN").await.unwrap();
@@ -146,7 +168,9 @@ async fn copy_in_and_out_100_megabytes() {
         chunk.push_str(&format!("{i}\t{line_payload}\n"));
         if chunk.len() >= 1 << 20 {
             sent += chunk.len();
-            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk))).await.unwrap();
+            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk)))
+                .await
+                .unwrap();
         }
     }
     sent += chunk.len();
@@ -163,7 +187,11 @@ async fn copy_in_and_out_100_megabytes() {
         received += chunk.unwrap().len();
     }
     assert_eq!(received, sent);
-    let n: i64 = c.query_one("SELECT count(*) FROM copy_big", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM copy_big", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n as usize, rows);
     c.batch_execute("DROP TABLE copy_big").await.unwrap();
 }
@@ -172,11 +200,15 @@ async fn copy_in_and_out_100_megabytes() {
 async fn copy_error_midway_keeps_connection_usable() {
     let addr = pooler("default_pool_size = 1").await;
     let c = connect(addr).await;
-    c.batch_execute("CREATE TABLE IF NOT EXISTS copy_bad (id int)").await.unwrap();
+    c.batch_execute("CREATE TABLE IF NOT EXISTS copy_bad (id int)")
+        .await
+        .unwrap();
     let sink = c.copy_in("COPY copy_bad FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     use futures_util::SinkExt;
-    let _ = sink.send(bytes::Bytes::from_static(b"1\nnot-a-number\n")).await;
+    let _ = sink
+        .send(bytes::Bytes::from_static(b"1\nnot-a-number\n"))
+        .await;
     assert!(sink.finish().await.is_err());
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -187,14 +219,24 @@ async fn transaction_mode_holds_the_server_for_the_whole_transaction() {
     let addr = pooler("default_pool_size = 1").await;
     let a = connect(addr).await;
     let b = connect(addr).await;
-    a.batch_execute("BEGIN; CREATE TEMP TABLE t_hold (x int) ON COMMIT DROP; INSERT INTO t_hold VALUES (1)")
-        .await
-        .unwrap();
+    a.batch_execute(
+        "BEGIN; CREATE TEMP TABLE t_hold (x int) ON COMMIT DROP; INSERT INTO t_hold VALUES (1)",
+    )
+    .await
+    .unwrap();
     // b must wait: the only server is inside a's transaction.
-    let b_query = tokio::spawn(async move { b.query_one("SELECT 5", &[]).await.map(|r| r.get::<_, i32>(0)) });
+    let b_query = tokio::spawn(async move {
+        b.query_one("SELECT 5", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!b_query.is_finished(), "b ran inside a's transaction");
-    let n: i64 = a.query_one("SELECT count(*) FROM t_hold", &[]).await.unwrap().get(0);
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM t_hold", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     a.batch_execute("COMMIT").await.unwrap();
     assert_eq!(b_query.await.unwrap().unwrap(), 5);
@@ -229,15 +271,33 @@ async fn waiting_clients_are_served_first_come_first_served() {
 async fn session_mode_keeps_state_then_resets_it() {
     let addr = pooler("default_pool_size = 1\npool_mode = \"session\"").await;
     let a = connect(addr).await;
-    a.batch_execute("SET statement_timeout = '12345ms'; CREATE TEMP TABLE sess_t (x int)").await.unwrap();
-    let v: String = a.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+    a.batch_execute("SET statement_timeout = '12345ms'; CREATE TEMP TABLE sess_t (x int)")
+        .await
+        .unwrap();
+    let v: String = a
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, "12345ms");
-    let pid_a: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     drop(a);
     let b = connect(addr).await;
-    let pid_b: i32 = b.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid_a, pid_b, "the one server is reused");
-    let v: String = b.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+    let v: String = b
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, "0", "DISCARD ALL ran at release");
     assert!(b.query("SELECT * FROM sess_t", &[]).await.is_err());
 }
@@ -251,7 +311,10 @@ async fn session_mode_listen_notify() {
     raw.send(&out).await;
     raw.until_ready().await;
     let other = connect(addr).await;
-    other.batch_execute("NOTIFY sluice_chan, 'hello'").await.unwrap();
+    other
+        .batch_execute("NOTIFY sluice_chan, 'hello'")
+        .await
+        .unwrap();
     let (tag, body) = raw.recv().await.expect("notification");
     assert_eq!(tag, b'A');
     assert!(String::from_utf8_lossy(&body).contains("hello"));
@@ -263,23 +326,41 @@ async fn transaction_mode_refuses_listen_clearly() {
     let c = connect(addr).await;
     let e = c.batch_execute("LISTEN some_channel").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
-    assert!(e.as_db_error().unwrap().message().contains("transaction pooling"));
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("transaction pooling"));
     // Extended protocol too, and the session goes on.
     let e = c.execute("LISTEN some_channel", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
-    assert_eq!(c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+    assert_eq!(
+        c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0),
+        3
+    );
 }
 
 #[tokio::test]
 async fn statement_mode_refuses_transactions() {
     let addr = pooler("pool_mode = \"statement\"\ndefault_pool_size = 1").await;
     let c = connect(addr).await;
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
     let e = c.batch_execute("BEGIN").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("25001"));
-    assert!(e.as_db_error().unwrap().message().contains("statement pooling"));
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("statement pooling"));
     // Nothing is left open on the server; the client goes on.
-    let status: i64 = c.query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'", &[])
+    let status: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -296,14 +377,19 @@ async fn startup_parameters_follow_the_client_across_servers() {
             "{} application_name={app} options='-c TimeZone={tz} -c search_path={path}'",
             conn_string(addr, "app", APP_PASSWORD, "app")
         );
-        let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+        let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         c
     };
     let a = mk("alpha", "UTC", "pg_catalog").await;
     let b = mk("beta", "Asia/Tokyo", "public").await;
     for _ in 0..3 {
-        for (c, app, tz, path) in [(&a, "alpha", "UTC", "pg_catalog"), (&b, "beta", "Asia/Tokyo", "public")] {
+        for (c, app, tz, path) in [
+            (&a, "alpha", "UTC", "pg_catalog"),
+            (&b, "beta", "Asia/Tokyo", "public"),
+        ] {
             let row = c
                 .query_one(
                     "SELECT current_setting('application_name'), current_setting('TimeZone'), current_setting('search_path')",
@@ -326,11 +412,18 @@ async fn client_set_of_reported_parameter_is_reported_and_kept() {
     frontend::query("SET TimeZone = 'America/New_York'", &mut out).unwrap();
     raw.send(&out).await;
     let msgs = raw.until_ready().await;
-    let status = msgs.iter().find(|(t, _)| *t == b'S').expect("ParameterStatus");
+    let status = msgs
+        .iter()
+        .find(|(t, _)| *t == b'S')
+        .expect("ParameterStatus");
     assert!(String::from_utf8_lossy(&status.1).contains("America/New_York"));
     // Busy the other server connections so the next query may land elsewhere.
     let others: Vec<_> = futures_util::future::join_all((0..4).map(|_| connect(addr))).await;
-    let busy = join_all(others.iter().map(|c| c.query_one("SELECT pg_sleep(0.05)", &[])));
+    let busy = join_all(
+        others
+            .iter()
+            .map(|c| c.query_one("SELECT pg_sleep(0.05)", &[])),
+    );
     out.clear();
     frontend::query("SHOW TimeZone", &mut out).unwrap();
     raw.send(&out).await;

@@ -81,7 +81,9 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             "user {user:?} has no password usable for {method:?}"
         ))),
         (_, None) => {
-            let mock = Secret::Plain(random_hex()).to_scram().expect("plain gives scram");
+            let mock = Secret::Plain(random_hex())
+                .to_scram()
+                .expect("plain gives scram");
             scram_exchange(stream, rbuf, mock)
                 .await
                 .and(Err(AuthError::Failed(format!("no such user {user:?}"))))
@@ -132,7 +134,8 @@ async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     messages::auth_md5(&mut out, salt);
     send(stream, &out).await?;
     let body = read_password_message(stream, rbuf).await?;
-    let (given, _) = read_cstr(&body).ok_or_else(|| AuthError::Protocol("bad password message".into()))?;
+    let (given, _) =
+        read_cstr(&body).ok_or_else(|| AuthError::Protocol("bad password message".into()))?;
     let expected = md5_response(&stored, salt);
     if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(Authenticated::default())
@@ -152,9 +155,12 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
     // SASLInitialResponse: mechanism, then an int32 length and the data.
     let body = read_password_message(stream, rbuf).await?;
-    let (mechanism, rest) = read_cstr(&body).ok_or_else(|| AuthError::Protocol("bad SASL response".into()))?;
+    let (mechanism, rest) =
+        read_cstr(&body).ok_or_else(|| AuthError::Protocol("bad SASL response".into()))?;
     if mechanism != "SCRAM-SHA-256" {
-        return Err(AuthError::Protocol(format!("unsupported SASL mechanism {mechanism:?}")));
+        return Err(AuthError::Protocol(format!(
+            "unsupported SASL mechanism {mechanism:?}"
+        )));
     }
     if rest.len() < 4 {
         return Err(AuthError::Protocol("bad SASL response".into()));

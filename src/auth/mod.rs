@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn parses_secret_kinds() {
-        assert!(matches!(Secret::parse("hunter2").unwrap(), Secret::Plain(_)));
+        assert!(matches!(
+            Secret::parse("hunter2").unwrap(),
+            Secret::Plain(_)
+        ));
         assert!(matches!(
             Secret::parse("md5a3556571e93b0d20722ba62be61e8c2d").unwrap(),
             Secret::Md5(_)

@@ -27,7 +27,10 @@ impl std::fmt::Debug for ScramSecret {
 
 impl ScramSecret {
     pub fn parse(text: &str) -> Result<ScramSecret, String> {
-        let bad = || "invalid SCRAM-SHA-256 secret (want SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>)".to_string();
+        let bad = || {
+            "invalid SCRAM-SHA-256 secret (want SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>)"
+                .to_string()
+        };
         let rest = text.strip_prefix("SCRAM-SHA-256$").ok_or_else(bad)?;
         let (iter_salt, keys) = rest.split_once('$').ok_or_else(bad)?;
         let (iter, salt) = iter_salt.split_once(':').ok_or_else(bad)?;
@@ -37,8 +40,12 @@ impl ScramSecret {
             return Err(bad());
         }
         let salt = unb64(salt).ok_or_else(bad)?;
-        let stored_key: [u8; 32] = unb64(stored).and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
-        let server_key: [u8; 32] = unb64(server).and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
+        let stored_key: [u8; 32] = unb64(stored)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(bad)?;
+        let server_key: [u8; 32] = unb64(server)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(bad)?;
         Ok(ScramSecret {
             iterations,
             salt,
@@ -50,7 +57,8 @@ impl ScramSecret {
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac takes any key length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac takes any key length");
     for p in parts {
         mac.update(p);
     }
@@ -81,16 +89,24 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Handles client-first-message; returns the exchange and server-first-message.
-    pub fn start(secret: ScramSecret, client_first: &[u8]) -> Result<(ScramServer, String), ScramError> {
-        let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not utf-8"))?;
+    pub fn start(
+        secret: ScramSecret,
+        client_first: &[u8],
+    ) -> Result<(ScramServer, String), ScramError> {
+        let text =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not utf-8"))?;
         // gs2-header: cbind-flag "," [authzid] ","
-        let (flag, rest) = text.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (flag, rest) = text
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         match flag {
             "n" | "y" => {}
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
-        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         if !authzid.is_empty() {
             return Err(ScramError::Malformed("authzid is not supported"));
         }
@@ -119,7 +135,8 @@ impl ScramServer {
     /// Handles client-final-message. On success returns server-final-message and
     /// the ClientKey the client proved it knows.
     pub fn finish(self, client_final: &[u8]) -> Result<(String, [u8; 32]), ScramError> {
-        let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not utf-8"))?;
+        let text =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not utf-8"))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
@@ -142,7 +159,10 @@ impl ScramServer {
         let proof: [u8; 32] = unb64(proof)
             .and_then(|p| p.try_into().ok())
             .ok_or(ScramError::Malformed("bad proof"))?;
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let client_signature = hmac(&self.secret.stored_key, &[auth_message.as_bytes()]);
         let mut client_key = [0u8; 32];
         for i in 0..32 {
@@ -169,7 +189,9 @@ mod tests {
         let (server, server_first) = ScramServer::start(secret, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
         let (server_final, _key) = server.finish(client.message())?;
-        client.finish(server_final.as_bytes()).expect("client verifies the server");
+        client
+            .finish(server_final.as_bytes())
+            .expect("client verifies the server");
         Ok(())
     }
 
@@ -180,7 +202,10 @@ mod tests {
 
     #[test]
     fn wrong_password_fails() {
-        assert_eq!(run("correct horse", "battery staple"), Err(ScramError::Proof));
+        assert_eq!(
+            run("correct horse", "battery staple"),
+            Err(ScramError::Proof)
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let (tag, body) = read_message(stream, rbuf, MAX_LOGIN_MESSAGE).await?;
         match tag {
-            btag::ERROR_RESPONSE => return Err(ServerAuthError::Refused(ErrorFields::parse(&body))),
+            btag::ERROR_RESPONSE => {
+                return Err(ServerAuthError::Refused(ErrorFields::parse(&body)))
+            }
             btag::NEGOTIATE_PROTOCOL => continue,
             btag::AUTHENTICATION => {}
             other => {
@@ -54,11 +56,14 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if body.len() < 4 {
-            return Err(ServerAuthError::Protocol("short authentication message".into()));
+            return Err(ServerAuthError::Protocol(
+                "short authentication message".into(),
+            ));
         }
         let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
         let data = &body[4..];
-        let need_password = || password.ok_or_else(|| ServerAuthError::NoPassword(user.to_string()));
+        let need_password =
+            || password.ok_or_else(|| ServerAuthError::NoPassword(user.to_string()));
         out.clear();
         match code {
             0 => return Ok(()),
@@ -82,18 +87,21 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 let Secret::Plain(pw) = need_password()? else {
                     return Err(ServerAuthError::NeedsPlaintext("SCRAM-SHA-256"));
                 };
-                let mechanisms: Vec<&[u8]> = data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                let mechanisms: Vec<&[u8]> =
+                    data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                 if !mechanisms.contains(&&b"SCRAM-SHA-256"[..]) {
-                    return Err(ServerAuthError::Protocol("server offers no SCRAM-SHA-256".into()));
+                    return Err(ServerAuthError::Protocol(
+                        "server offers no SCRAM-SHA-256".into(),
+                    ));
                 }
                 let client = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
                 frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out)?;
                 scram = Some(client);
             }
             11 => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| ServerAuthError::Protocol("SASL continue before start".into()))?;
+                let client = scram.as_mut().ok_or_else(|| {
+                    ServerAuthError::Protocol("SASL continue before start".into())
+                })?;
                 client
                     .update(data)
                     .map_err(|e| ServerAuthError::Protocol(e.to_string()))?;

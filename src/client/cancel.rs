@@ -70,13 +70,21 @@ impl CancelRegistry {
     }
 
     pub fn unregister(&self, pid: i32) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
     }
 
     /// Forwards a cancel to the server now serving the client with this key.
     /// A wrong key or an idle client is a silent no-op, as in PostgreSQL.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&pid).cloned();
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned();
         let Some(slot) = slot else { return };
         if !bool::from(slot.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
             tracing::warn!(pid, "cancel request with a wrong secret key");

@@ -48,19 +48,28 @@ async fn refuse(stream: &mut TcpStream, code: &str, message: &str) -> LoginEnd {
 }
 
 /// Runs the login. The caller applies client_login_timeout around it.
-pub async fn login(app: &Arc<App>, stream: &mut TcpStream, admitted: bool) -> Result<LoggedIn, LoginEnd> {
+pub async fn login(
+    app: &Arc<App>,
+    stream: &mut TcpStream,
+    admitted: bool,
+) -> Result<LoggedIn, LoginEnd> {
     let (minor, params, protocol_options) = loop {
         match read_startup_packet(stream).await {
             Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
                 // No TLS or GSS encryption yet: the client may go on in clear.
-                stream.write_all(b"N").await.map_err(|e| LoginEnd::Refused(e.to_string()))?;
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| LoginEnd::Refused(e.to_string()))?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 app.cancels.cancel(pid, secret).await;
                 return Err(LoginEnd::Cancel);
             }
             Ok(StartupPacket::Unsupported { major, minor }) => {
-                let msg = format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0");
+                let msg = format!(
+                    "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                );
                 return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await);
             }
             Ok(StartupPacket::Startup {
@@ -68,9 +77,13 @@ pub async fn login(app: &Arc<App>, stream: &mut TcpStream, admitted: bool) -> Re
                 params,
                 protocol_options,
             }) => break (minor, params, protocol_options),
-            Err(StartupError::Closed) => return Err(LoginEnd::Refused("closed before startup".into())),
+            Err(StartupError::Closed) => {
+                return Err(LoginEnd::Refused("closed before startup".into()))
+            }
             Err(StartupError::Io(e)) => return Err(LoginEnd::Refused(e.to_string())),
-            Err(e) => return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await),
+            Err(e) => {
+                return Err(refuse(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await)
+            }
         }
     };
     if !admitted {
@@ -84,7 +97,10 @@ pub async fn login(app: &Arc<App>, stream: &mut TcpStream, admitted: bool) -> Re
     let mut out = BytesMut::new();
     if minor > 0 || !protocol_options.is_empty() {
         messages::negotiate_protocol_version(&mut out, protocol_options);
-        stream.write_all(&out).await.map_err(|e| LoginEnd::Refused(e.to_string()))?;
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| LoginEnd::Refused(e.to_string()))?;
         out.clear();
     }
 
@@ -97,7 +113,9 @@ pub async fn login(app: &Arc<App>, stream: &mut TcpStream, admitted: bool) -> Re
         )
         .await);
     };
-    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
         return Err(refuse(
             stream,

@@ -54,8 +54,18 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
     }
     let slot = app.admit_client();
-    let timeout = app.config.pooler.client_login_timeout.enabled().unwrap_or(Duration::MAX);
-    let logged_in = match tokio::time::timeout(timeout, login::login(&app, &mut stream, slot.is_some())).await {
+    let timeout = app
+        .config
+        .pooler
+        .client_login_timeout
+        .enabled()
+        .unwrap_or(Duration::MAX);
+    let logged_in = match tokio::time::timeout(
+        timeout,
+        login::login(&app, &mut stream, slot.is_some()),
+    )
+    .await
+    {
         Ok(Ok(l)) => l,
         Ok(Err(LoginEnd::Cancel)) => return,
         Ok(Err(LoginEnd::Refused(reason))) => {
@@ -87,12 +97,20 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     if app.config.pooler.log_connections {
         tracing::info!(client = %peer, %user, db = %database, "login");
     }
-    let exit = Session::new(app.clone(), stream, peer, logged_in, cancel).run().await;
+    let exit = Session::new(app.clone(), stream, peer, logged_in, cancel)
+        .run()
+        .await;
     if app.config.pooler.log_disconnections {
         match exit {
-            Exit::Quit => tracing::info!(client = %peer, %user, db = %database, "client closed the session"),
-            Exit::Gone => tracing::info!(client = %peer, %user, db = %database, "client connection lost"),
-            Exit::Closed(reason) => tracing::info!(client = %peer, %user, db = %database, "session closed: {reason}"),
+            Exit::Quit => {
+                tracing::info!(client = %peer, %user, db = %database, "client closed the session")
+            }
+            Exit::Gone => {
+                tracing::info!(client = %peer, %user, db = %database, "client connection lost")
+            }
+            Exit::Closed(reason) => {
+                tracing::info!(client = %peer, %user, db = %database, "session closed: {reason}")
+            }
         }
     }
     drop(slot);

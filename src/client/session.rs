@@ -134,11 +134,14 @@ impl Session {
         loop {
             if self.rbuf.len() >= HEADER_LEN {
                 let tag = self.rbuf[0];
-                let total = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize + 1;
+                let total =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize
+                        + 1;
                 if tag == tag::TERMINATE {
                     return Err(Exit::Quit);
                 }
-                if self.rbuf.len() >= total || total > STREAM_THRESHOLD || total < HEADER_LEN {
+                if self.rbuf.len() >= total || !(HEADER_LEN..=STREAM_THRESHOLD).contains(&total) {
                     return Ok(());
                 }
                 self.rbuf.reserve(total - self.rbuf.len());
@@ -164,14 +167,24 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 let (code, msg) = match &e {
-                    CheckoutError::WaitTimeout => (sqlstate::PROTOCOL_VIOLATION, "query_wait_timeout".to_string()),
-                    CheckoutError::Server(crate::server::ServerError::Postgres(f)) => {
-                        (sqlstate::CANNOT_CONNECT_NOW, format!("server login failed: {}", f.message))
-                    }
+                    CheckoutError::WaitTimeout => (
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "query_wait_timeout".to_string(),
+                    ),
+                    CheckoutError::Server(crate::server::ServerError::Postgres(f)) => (
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        format!("server login failed: {}", f.message),
+                    ),
                     CheckoutError::Server(crate::server::ServerError::Auth(
                         crate::auth::server::ServerAuthError::Refused(f),
-                    )) => (sqlstate::CANNOT_CONNECT_NOW, format!("server login failed: {}", f.message)),
-                    other => (sqlstate::CANNOT_CONNECT_NOW, format!("server connection failed: {other}")),
+                    )) => (
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        format!("server login failed: {}", f.message),
+                    ),
+                    other => (
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        format!("server connection failed: {other}"),
+                    ),
                 };
                 tracing::warn!(client = %self.peer, db = %self.database, user = %self.user, "{e}");
                 return Err(self.close(code, &msg).await);
@@ -187,7 +200,12 @@ impl Session {
             }
             Err(e) => {
                 self.pool.discard(srv);
-                return Err(self.close(sqlstate::CONNECTION_FAILURE, &format!("server connection failed: {e}")).await);
+                return Err(self
+                    .close(
+                        sqlstate::CONNECTION_FAILURE,
+                        &format!("server connection failed: {e}"),
+                    )
+                    .await);
             }
         }
         // Tell the client the values the server settled on, where they differ
@@ -333,7 +351,9 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => {
                     self.send_to_server(srv, flushed, pos).await?;
-                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await);
+                    return Err(self
+                        .close(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                        .await);
                 }
             };
             match piece {
@@ -349,10 +369,16 @@ impl Session {
                         self.rbuf.clear();
                         return Err(Exit::Quit);
                     }
-                    tag::QUERY | tag::PARSE if self.refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) => {
+                    tag::QUERY | tag::PARSE
+                        if self.refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) =>
+                    {
                         self.send_to_server(srv, flushed, pos).await?;
-                        let rewritten = listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
-                        srv.stream.write_all(&rewritten).await.map_err(|_| Exit::Gone)?;
+                        let rewritten =
+                            listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
+                        srv.stream
+                            .write_all(&rewritten)
+                            .await
+                            .map_err(|_| Exit::Gone)?;
                         srv.owed.on_client(tag);
                         pos += len;
                         flushed = pos;
@@ -401,7 +427,12 @@ impl Session {
         starts_with_keyword(sql, "LISTEN")
     }
 
-    async fn send_to_server(&mut self, srv: &mut ServerConn, from: usize, to: usize) -> Result<(), Exit> {
+    async fn send_to_server(
+        &mut self,
+        srv: &mut ServerConn,
+        from: usize,
+        to: usize,
+    ) -> Result<(), Exit> {
         if to > from {
             if let Err(e) = srv.stream.write_all(&self.rbuf[from..to]).await {
                 tracing::debug!(server = %srv.peer, "write to server failed: {e}");
@@ -424,7 +455,12 @@ impl Session {
                 Err(e) => {
                     srv.broken = true;
                     tracing::error!(server = %srv.peer, "server protocol error: {e}");
-                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server sent an invalid message").await);
+                    return Err(self
+                        .close(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "server sent an invalid message",
+                        )
+                        .await);
                 }
             };
             let (tag, len) = match piece {
@@ -437,7 +473,9 @@ impl Session {
                 Piece::Frame { tag, len } => {
                     let body = &srv.rbuf[pos + HEADER_LEN..pos + len];
                     match tag {
-                        btag::READY_FOR_QUERY => srv.tx_status = body.first().copied().unwrap_or(b'I'),
+                        btag::READY_FOR_QUERY => {
+                            srv.tx_status = body.first().copied().unwrap_or(b'I')
+                        }
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
                         btag::ERROR_RESPONSE if ErrorFields::parse(body).is_fatal() => {
                             srv.broken = true;
@@ -455,7 +493,12 @@ impl Session {
                     srv.broken = true;
                     tracing::error!(server = %srv.peer, client = %self.peer, "server out of sync: {e}");
                     self.send_to_client(srv, flushed, pos).await?;
-                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server connection out of sync").await);
+                    return Err(self
+                        .close(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "server connection out of sync",
+                        )
+                        .await);
                 }
             }
             if idle && self.mode == PoolMode::Statement && srv.tx_status != b'I' {
@@ -474,12 +517,21 @@ impl Session {
         if !srv.rbuf.is_empty() {
             srv.broken = true;
             tracing::error!(server = %srv.peer, "server sent data after its last ReadyForQuery");
-            return Err(self.close(sqlstate::PROTOCOL_VIOLATION, "server connection out of sync").await);
+            return Err(self
+                .close(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "server connection out of sync",
+                )
+                .await);
         }
         Ok(self.mode != PoolMode::Session && srv.tx_status == b'I')
     }
 
-    async fn refuse_transaction(&mut self, srv: &mut ServerConn, consumed: usize) -> Result<bool, Exit> {
+    async fn refuse_transaction(
+        &mut self,
+        srv: &mut ServerConn,
+        consumed: usize,
+    ) -> Result<bool, Exit> {
         srv.rbuf.advance(consumed);
         if srv.rollback().await.is_err() || !srv.rbuf.is_empty() {
             srv.broken = true;
@@ -492,7 +544,10 @@ impl Session {
             "transaction blocks are not allowed in statement pooling mode; the transaction was rolled back",
         );
         messages::ready_for_query(&mut self.out, b'I');
-        self.stream.write_all(&self.out).await.map_err(|_| Exit::Gone)?;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|_| Exit::Gone)?;
         Ok(!srv.broken)
     }
 
@@ -508,7 +563,12 @@ impl Session {
         }
     }
 
-    async fn send_to_client(&mut self, srv: &mut ServerConn, from: usize, to: usize) -> Result<(), Exit> {
+    async fn send_to_client(
+        &mut self,
+        srv: &mut ServerConn,
+        from: usize,
+        to: usize,
+    ) -> Result<(), Exit> {
         if to > from && self.stream.write_all(&srv.rbuf[from..to]).await.is_err() {
             return Err(Exit::Gone);
         }
@@ -519,7 +579,11 @@ impl Session {
         if self.server_fatal_sent {
             return Exit::Closed("the server ended the connection".into());
         }
-        self.close(sqlstate::CONNECTION_FAILURE, "server closed the connection unexpectedly").await
+        self.close(
+            sqlstate::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        )
+        .await
     }
 
     async fn close(&mut self, code: &str, message: &str) -> Exit {

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use values::{expand_env, format_duration, parse_duration, Dur, OneOrMany};
 use values::{env_string, env_string_list, opt_env_string};
+pub use values::{expand_env, format_duration, parse_duration, Dur, OneOrMany};
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -371,15 +371,24 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let p = &self.pooler;
         if p.listen.is_empty() {
-            return Err(("pooler.listen".into(), "at least one address is required".into()));
+            return Err((
+                "pooler.listen".into(),
+                "at least one address is required".into(),
+            ));
         }
         for addr in &p.listen {
             addr.parse::<SocketAddr>().map_err(|_| {
-                ("pooler.listen".to_string(), format!("{addr:?} is not an ip:port address"))
+                (
+                    "pooler.listen".to_string(),
+                    format!("{addr:?} is not an ip:port address"),
+                )
             })?;
         }
         if p.default_pool_size == 0 {
-            return Err(("pooler.default_pool_size".into(), "must be at least 1".into()));
+            return Err((
+                "pooler.default_pool_size".into(),
+                "must be at least 1".into(),
+            ));
         }
         if p.min_pool_size > p.default_pool_size {
             return Err((
@@ -391,7 +400,10 @@ impl Config {
             return Err(("pooler.max_client_conn".into(), "must be at least 1".into()));
         }
         if p.max_packet_size < 1024 {
-            return Err(("pooler.max_packet_size".into(), "must be at least 1024".into()));
+            return Err((
+                "pooler.max_packet_size".into(),
+                "must be at least 1024".into(),
+            ));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err((
@@ -405,7 +417,10 @@ impl Config {
                     .map_err(|e| (format!("users.{name}.password"), e))?;
             }
             if user.pool_size == Some(0) {
-                return Err((format!("users.{name}.pool_size"), "must be at least 1".into()));
+                return Err((
+                    format!("users.{name}.pool_size"),
+                    "must be at least 1".into(),
+                ));
             }
             let auth = user.auth.unwrap_or(self.auth.auth_type);
             if auth != AuthType::Trust && user.password.is_none() {
@@ -427,7 +442,10 @@ impl Config {
                 check_host_port(r).map_err(|e| (format!("databases.{name}.replicas"), e))?;
             }
             if db.pool_size == Some(0) {
-                return Err((format!("databases.{name}.pool_size"), "must be at least 1".into()));
+                return Err((
+                    format!("databases.{name}.pool_size"),
+                    "must be at least 1".into(),
+                ));
             }
             if db.server_password.is_some() && db.server_user.is_none() {
                 return Err((
@@ -503,7 +521,9 @@ fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if t.starts_with('[') {
-            let name = t.trim_matches(|c| c == '[' || c == ']').replace(['"', ' '], "");
+            let name = t
+                .trim_matches(|c| c == '[' || c == ']')
+                .replace(['"', ' '], "");
             in_table = name == table;
             if in_table {
                 table_line = Some(i + 1);

@@ -19,8 +19,8 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
         if name.is_empty() {
             return Err("empty ${} reference".into());
         }
-        let value = std::env::var(name)
-            .map_err(|_| format!("environment variable {name} is not set"))?;
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -108,10 +108,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m, h, d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (ms, s, m, h, d)"
+            ))
+        }
     };
     let secs = n * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("duration {text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -121,11 +125,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0".into()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -143,7 +147,9 @@ impl<'de> Deserialize<'de> for Dur {
         match Raw::deserialize(d)? {
             Raw::Text(s) => {
                 let s = expand_env(&s).map_err(serde::de::Error::custom)?;
-                parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+                parse_duration(&s)
+                    .map(Dur)
+                    .map_err(serde::de::Error::custom)
             }
             Raw::Int(0) => Ok(Dur::ZERO),
             Raw::Int(n) => Err(serde::de::Error::custom(format!(
@@ -179,7 +185,10 @@ mod tests {
     #[test]
     fn env_expansion() {
         std::env::set_var("SLUICE_TEST_SECRET", "s3cret");
-        assert_eq!(expand_env("a-${SLUICE_TEST_SECRET}-b").unwrap(), "a-s3cret-b");
+        assert_eq!(
+            expand_env("a-${SLUICE_TEST_SECRET}-b").unwrap(),
+            "a-s3cret-b"
+        );
         assert!(expand_env("${SLUICE_SURELY_UNSET_VAR}").is_err());
         assert_eq!(expand_env("plain").unwrap(), "plain");
     }

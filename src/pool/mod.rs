@@ -41,7 +41,11 @@ impl managed::Manager for ServerManager {
         Ok(conn)
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<ServerError> {
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<ServerError> {
         if conn.broken || !conn.is_clean() {
             return Err(RecycleError::message("connection is not clean"));
         }
@@ -56,7 +60,9 @@ impl managed::Manager for ServerManager {
             }
         }
         if !conn.idle_socket_ok() {
-            return Err(RecycleError::message("server closed the connection or sent unasked data"));
+            return Err(RecycleError::message(
+                "server closed the connection or sent unasked data",
+            ));
         }
         Ok(())
     }
@@ -90,7 +96,10 @@ impl ServerPool {
     pub fn build(cfg: &Config, database: &str, user: &str) -> Option<ServerPool> {
         let db = cfg.databases.get(database)?;
         let password = match &db.server_user {
-            Some(_) => db.server_password.as_deref().map(|p| Secret::parse(p).ok()).flatten(),
+            Some(_) => db
+                .server_password
+                .as_deref()
+                .and_then(|p| Secret::parse(p).ok()),
             None => cfg
                 .users
                 .get(user)
@@ -137,12 +146,15 @@ impl ServerPool {
 
     /// Waits (first come, first served) for a server connection.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        self.inner.timeout_get(&self.timeouts).await.map_err(|e| match e {
-            PoolError::Timeout(managed::TimeoutType::Wait) => CheckoutError::WaitTimeout,
-            PoolError::Timeout(_) => CheckoutError::ConnectTimeout,
-            PoolError::Backend(e) => CheckoutError::Server(e),
-            _ => CheckoutError::Closed,
-        })
+        self.inner
+            .timeout_get(&self.timeouts)
+            .await
+            .map_err(|e| match e {
+                PoolError::Timeout(managed::TimeoutType::Wait) => CheckoutError::WaitTimeout,
+                PoolError::Timeout(_) => CheckoutError::ConnectTimeout,
+                PoolError::Backend(e) => CheckoutError::Server(e),
+                _ => CheckoutError::Closed,
+            })
     }
 
     /// The parameters a fresh server reports, once one has connected.
@@ -224,7 +236,12 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn get_or_create(&self, cfg: &Config, database: &str, user: &str) -> Option<Arc<ServerPool>> {
+    pub fn get_or_create(
+        &self,
+        cfg: &Config,
+        database: &str,
+        user: &str,
+    ) -> Option<Arc<ServerPool>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (database.to_string(), user.to_string());
         if let Some(p) = map.get(&key) {

@@ -171,7 +171,13 @@ mod tests {
         let whole = msg(b'd', &body);
         let mut sc = FrameScanner::new(1024, client_streamable);
         let first = &whole[..1000];
-        assert_eq!(sc.next(first, 0), Ok(Piece::Head { tag: b'd', len: 1000 }));
+        assert_eq!(
+            sc.next(first, 0),
+            Ok(Piece::Head {
+                tag: b'd',
+                len: 1000
+            })
+        );
         assert!(sc.in_tail());
         let rest = &whole[1000..];
         assert_eq!(sc.next(rest, 0), Ok(Piece::Tail { len: rest.len() }));

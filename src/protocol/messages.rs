@@ -64,7 +64,10 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
 }
 
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    encode(ParameterStatus::new(name.to_string(), value.to_string()), buf);
+    encode(
+        ParameterStatus::new(name.to_string(), value.to_string()),
+        buf,
+    );
 }
 
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {

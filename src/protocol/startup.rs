@@ -120,13 +120,16 @@ mod tests {
 
     #[test]
     fn parses_startup_params_and_protocol_options() {
-        let body = packet(196610, b"user\0app\0database\0db\0_pq_.x\01\0\0");
+        let body = packet(196610, b"user\0app\0database\0db\0_pq_.x\0\x31\0\0");
         let parsed = parse_startup_body(&body).unwrap();
         assert_eq!(
             parsed,
             StartupPacket::Startup {
                 minor: 2,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())],
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ],
                 protocol_options: vec!["_pq_.x".into()],
             }
         );
@@ -134,8 +137,14 @@ mod tests {
 
     #[test]
     fn parses_special_requests() {
-        assert_eq!(parse_startup_body(&packet(SSL_REQUEST, b"")).unwrap(), StartupPacket::SslRequest);
-        assert_eq!(parse_startup_body(&packet(GSSENC_REQUEST, b"")).unwrap(), StartupPacket::GssEncRequest);
+        assert_eq!(
+            parse_startup_body(&packet(SSL_REQUEST, b"")).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            parse_startup_body(&packet(GSSENC_REQUEST, b"")).unwrap(),
+            StartupPacket::GssEncRequest
+        );
         let mut rest = 7i32.to_be_bytes().to_vec();
         rest.extend_from_slice(&9i32.to_be_bytes());
         assert_eq!(

@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn skips_comments_and_space() {
         assert_eq!(first_keyword(b"  select 1"), b"select");
-        assert_eq!(first_keyword(b"-- hi\n/* a /* nested */ b */ LISTEN x"), b"LISTEN");
+        assert_eq!(
+            first_keyword(b"-- hi\n/* a /* nested */ b */ LISTEN x"),
+            b"LISTEN"
+        );
         assert_eq!(first_keyword(b"(SELECT 1)"), b"SELECT");
         assert_eq!(first_keyword(b""), b"");
         assert!(starts_with_keyword(b"listen foo", "LISTEN"));

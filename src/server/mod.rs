@@ -96,13 +96,17 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
-    pub async fn connect(target: &ServerTarget, keepalive: bool) -> Result<ServerConn, ServerError> {
-        let stream = TcpStream::connect(&target.addr)
-            .await
-            .map_err(|source| ServerError::Connect {
-                addr: target.addr.clone(),
-                source,
-            })?;
+    pub async fn connect(
+        target: &ServerTarget,
+        keepalive: bool,
+    ) -> Result<ServerConn, ServerError> {
+        let stream =
+            TcpStream::connect(&target.addr)
+                .await
+                .map_err(|source| ServerError::Connect {
+                    addr: target.addr.clone(),
+                    source,
+                })?;
         stream.set_nodelay(true)?;
         if keepalive {
             let ka = socket2::TcpKeepalive::new()
@@ -129,11 +133,20 @@ impl ServerConn {
         };
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::startup_message(
-            [("user", target.user.as_str()), ("database", target.dbname.as_str())],
+            [
+                ("user", target.user.as_str()),
+                ("database", target.dbname.as_str()),
+            ],
             &mut out,
         )?;
         conn.stream.write_all(&out).await?;
-        login(&mut conn.stream, &mut conn.rbuf, &target.user, target.password.as_ref()).await?;
+        login(
+            &mut conn.stream,
+            &mut conn.rbuf,
+            &target.user,
+            target.password.as_ref(),
+        )
+        .await?;
         conn.read_until_ready(true).await?;
         conn.defaults = conn.params.clone();
         Ok(conn)
@@ -144,7 +157,8 @@ impl ServerConn {
     async fn read_until_ready(&mut self, login: bool) -> Result<Option<ErrorFields>, ServerError> {
         let mut first_error = None;
         loop {
-            let (tag, body) = read_message(&mut self.stream, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
+            let (tag, body) =
+                read_message(&mut self.stream, &mut self.rbuf, MAX_SERVER_MESSAGE).await?;
             match tag {
                 btag::PARAMETER_STATUS => {
                     self.record_parameter(&body);
@@ -195,7 +209,10 @@ impl ServerConn {
     /// Makes the server's parameters match `wanted`, with one round trip where
     /// anything differs. Returns what the server reported on the way, so the
     /// client can be told the normalised values.
-    pub async fn sync_params(&mut self, wanted: &ParamMap) -> Result<Option<ErrorFields>, ServerError> {
+    pub async fn sync_params(
+        &mut self,
+        wanted: &ParamMap,
+    ) -> Result<Option<ErrorFields>, ServerError> {
         let sql = params::sync_statements(wanted, &self.params, &self.defaults);
         if sql.is_empty() {
             return Ok(None);
@@ -222,17 +239,18 @@ impl ServerConn {
 
     /// True when the server is idle outside a transaction with nothing owed.
     pub fn is_clean(&self) -> bool {
-        !self.broken && self.owed.is_empty() && self.tx_status == b'I' && self.rbuf.is_empty() && !self.scanner.in_tail()
+        !self.broken
+            && self.owed.is_empty()
+            && self.tx_status == b'I'
+            && self.rbuf.is_empty()
+            && !self.scanner.in_tail()
     }
 
     /// Checks, without blocking, that an idle connection has neither been closed
     /// by the server nor sent anything unasked (which would put it out of sync).
     pub fn idle_socket_ok(&mut self) -> bool {
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Rolls back an open transaction so the connection can be reused.
@@ -260,7 +278,11 @@ impl ServerConn {
             }
             let mut pos = 0;
             loop {
-                match self.scanner.next(&self.rbuf, pos).map_err(|e| ServerError::Protocol(e.to_string()))? {
+                match self
+                    .scanner
+                    .next(&self.rbuf, pos)
+                    .map_err(|e| ServerError::Protocol(e.to_string()))?
+                {
                     Piece::NeedMore => break,
                     Piece::Tail { len } => pos += len,
                     Piece::Head { tag, len } | Piece::Frame { tag, len } => {

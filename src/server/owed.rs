@@ -105,7 +105,10 @@ impl Owed {
     /// Records a message the server sent.
     pub fn on_server(&mut self, t: u8) -> Result<Progress, OutOfSync> {
         let front = self.queue.front().copied();
-        let oos = || OutOfSync { got: t, expected: front };
+        let oos = || OutOfSync {
+            got: t,
+            expected: front,
+        };
         let in_execute = matches!(front, Some(Reply::Execute | Reply::Query));
         match t {
             btag::PARAMETER_STATUS | btag::NOTICE_RESPONSE | btag::NOTIFICATION => {}

@@ -24,7 +24,11 @@ impl ParamMap {
     /// Sets a value; an existing entry keeps its spelling unless the new one
     /// comes from the server (`canonical`).
     pub fn set(&mut self, name: &str, value: &str, canonical: bool) {
-        if let Some(entry) = self.entries.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             if canonical && entry.0 != name {
                 entry.0 = name.to_string();
             }
@@ -174,7 +178,9 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let got = parse_options(r"-c search_path=a\ b --statement-timeout=5s -csynchronous_commit=off").unwrap();
+        let got =
+            parse_options(r"-c search_path=a\ b --statement-timeout=5s -csynchronous_commit=off")
+                .unwrap();
         assert_eq!(
             got,
             vec![

@@ -49,7 +49,10 @@ fn shared() -> &'static Shared {
         let dir = std::env::temp_dir().join(format!(
             "sluice-test-{}-{}",
             std::process::id(),
-            std::thread::current().name().unwrap_or("t").replace("::", "-")
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace("::", "-")
         ));
         let cluster = Cluster::start(&dir, 2, SETUP_SQL).expect("start PostgreSQL cluster");
         cluster
@@ -76,7 +79,11 @@ pub fn primary_port() -> u16 {
 /// lines added to `[pooler]` and `tail` appended.
 pub fn config_text(port: u16, pooler_extra: &str, tail: &str) -> String {
     let c = cluster();
-    let replicas: Vec<String> = c.replicas.iter().map(|r| format!("\"127.0.0.1:{}\"", r.port)).collect();
+    let replicas: Vec<String> = c
+        .replicas
+        .iter()
+        .map(|r| format!("\"127.0.0.1:{}\"", r.port))
+        .collect();
     format!(
         r#"
 [pooler]
@@ -139,7 +146,9 @@ pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> St
 
 /// A tokio-postgres client through the pooler as `app`.
 pub async fn connect(addr: SocketAddr) -> tokio_postgres::Client {
-    connect_as(addr, "app", APP_PASSWORD, "app").await.expect("connect through sluice")
+    connect_as(addr, "app", APP_PASSWORD, "app")
+        .await
+        .expect("connect through sluice")
 }
 
 pub async fn connect_as(
@@ -148,7 +157,11 @@ pub async fn connect_as(
     password: &str,
     db: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(&conn_string(addr, user, password, db), tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(
+        &conn_string(addr, user, password, db),
+        tokio_postgres::NoTls,
+    )
+    .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -157,8 +170,13 @@ pub async fn connect_as(
 
 /// A tokio-postgres client straight to the primary, as the superuser.
 pub async fn connect_primary() -> tokio_postgres::Client {
-    let conn = format!("host=127.0.0.1 port={} user=postgres dbname=app", primary_port());
-    let (client, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect primary");
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        primary_port()
+    );
+    let (client, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect primary");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -188,11 +206,17 @@ impl Raw {
     pub async fn login(addr: SocketAddr, db: &str) -> Raw {
         let mut raw = Raw::tcp(addr).await;
         let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::startup_message([("user", "trust_user"), ("database", db)], &mut out)
-            .unwrap();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "trust_user"), ("database", db)],
+            &mut out,
+        )
+        .unwrap();
         raw.send(&out).await;
         let msgs = raw.until_ready().await;
-        assert!(msgs.iter().any(|(t, _)| *t == b'R'), "authentication ok expected: {msgs:?}");
+        assert!(
+            msgs.iter().any(|(t, _)| *t == b'R'),
+            "authentication ok expected: {msgs:?}"
+        );
         raw
     }
 
@@ -204,7 +228,8 @@ impl Raw {
     pub async fn recv(&mut self) -> Option<(u8, BytesMut)> {
         loop {
             if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
                 if self.buf.len() > len {
                     let mut msg = self.buf.split_to(len + 1);
                     let tag = msg[0];
@@ -212,10 +237,11 @@ impl Raw {
                     return Some((tag, msg));
                 }
             }
-            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("raw read timed out")
-                .ok()?;
+            let n =
+                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("raw read timed out")
+                    .ok()?;
             if n == 0 {
                 return None;
             }
