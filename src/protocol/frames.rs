@@ -183,4 +183,75 @@ mod tests {
         assert_eq!(sc.next(rest, 0), Ok(Piece::Tail { len: rest.len() }));
         assert!(!sc.in_tail());
     }
+
+    mod splitting {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn message() -> impl Strategy<Value = (u8, usize)> {
+            let tags = prop::sample::select(vec![b'Q', b'P', b'S', b'd', b'B', b'D', b'X']);
+            let sizes = prop_oneof![0usize..64, 0usize..4096, (STREAM_THRESHOLD - 10)..(STREAM_THRESHOLD * 3)];
+            (tags, sizes)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// However the stream is cut into reads, the scanner reports each
+            /// message once, whole or as a head and tails adding up to it.
+            #[test]
+            fn any_chunking_reconstructs_the_messages(
+                msgs in prop::collection::vec(message(), 1..20),
+                cuts in prop::collection::vec(1usize..70_000, 1..50),
+            ) {
+                let mut stream = Vec::new();
+                for (t, n) in &msgs {
+                    stream.extend(msg(*t, &vec![0xab; *n]));
+                }
+                let mut sc = FrameScanner::new(STREAM_THRESHOLD * 4, client_streamable);
+                let mut buf: Vec<u8> = Vec::new();
+                let mut seen: Vec<(u8, usize)> = Vec::new();
+                let mut open: Option<(u8, usize)> = None;
+                let mut fed = 0;
+                let mut cut = cuts.iter().cycle();
+                while fed < stream.len() || !buf.is_empty() {
+                    let n = (*cut.next().unwrap()).min(stream.len() - fed);
+                    buf.extend_from_slice(&stream[fed..fed + n]);
+                    fed += n;
+                    let mut pos = 0;
+                    loop {
+                        match sc.next(&buf, pos).unwrap() {
+                            Piece::NeedMore => break,
+                            Piece::Frame { tag, len } => {
+                                prop_assert!(open.is_none());
+                                seen.push((tag, len));
+                                pos += len;
+                            }
+                            Piece::Head { tag, len } => {
+                                prop_assert!(open.is_none());
+                                open = Some((tag, len));
+                                pos += len;
+                            }
+                            Piece::Tail { len } => {
+                                let (tag, so_far) = open.take().expect("tail after head");
+                                pos += len;
+                                if sc.in_tail() {
+                                    open = Some((tag, so_far + len));
+                                } else {
+                                    seen.push((tag, so_far + len));
+                                }
+                            }
+                        }
+                    }
+                    buf.drain(..pos);
+                    if n == 0 && pos == 0 {
+                        break;
+                    }
+                }
+                let want: Vec<(u8, usize)> = msgs.iter().map(|(t, n)| (*t, n + HEADER_LEN)).collect();
+                prop_assert_eq!(seen, want);
+                prop_assert!(buf.is_empty());
+            }
+        }
+    }
 }
