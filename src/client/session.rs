@@ -212,7 +212,7 @@ impl Session {
         // from what it was told (for example a normalised DateStyle).
         self.out.clear();
         for (name, _) in self.wanted.iter() {
-            if let Some(actual) = srv.params.get(name) {
+            if let Some(actual) = srv.param(name) {
                 if self.reported.get(name) != Some(actual) {
                     messages::parameter_status(&mut self.out, name, actual);
                 }
@@ -222,7 +222,7 @@ impl Session {
             let names: Vec<(String, String)> = self
                 .wanted
                 .iter()
-                .filter_map(|(n, _)| srv.params.get(n).map(|v| (n.to_string(), v.to_string())))
+                .filter_map(|(n, _)| srv.param(n).map(|v| (n.to_string(), v.to_string())))
                 .collect();
             for (n, v) in names {
                 self.reported.set(&n, &v, false);
@@ -256,7 +256,7 @@ impl Session {
             return;
         }
         match tokio::time::timeout(Duration::from_secs(5), srv.run_internal(&query)).await {
-            Ok(Ok(None)) => srv.params = srv.defaults.clone(),
+            Ok(Ok(None)) => srv.overrides = ParamMap::new(),
             Ok(Ok(Some(e))) => {
                 tracing::warn!(server = %srv.peer, "server_reset_query failed: {e}");
                 srv.broken = true;

@@ -123,7 +123,8 @@ impl ServerPool {
         let timeouts = Timeouts {
             wait: p.query_wait_timeout.enabled(),
             create: p.server_connect_timeout.enabled(),
-            recycle: Some(Duration::from_secs(5)),
+            // recycle() never blocks: no timer needed.
+            recycle: None,
         };
         let inner = managed::Pool::builder(manager)
             .max_size(cfg.pool_size_for(database, user))

@@ -78,8 +78,8 @@ pub struct ServerConn {
     pub secret: i32,
     /// The parameters as the server reported them at login.
     pub defaults: ParamMap,
-    /// The parameters now in effect.
-    pub params: ParamMap,
+    /// The parameters now in effect where they differ from `defaults`.
+    pub overrides: ParamMap,
     pub owed: Owed,
     /// Status byte of the last ReadyForQuery.
     pub tx_status: u8,
@@ -124,7 +124,7 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             defaults: ParamMap::new(),
-            params: ParamMap::new(),
+            overrides: ParamMap::new(),
             owed: Owed::new(),
             tx_status: b'I',
             created_at: Instant::now(),
@@ -148,7 +148,6 @@ impl ServerConn {
         )
         .await?;
         conn.read_until_ready(true).await?;
-        conn.defaults = conn.params.clone();
         Ok(conn)
     }
 
@@ -184,12 +183,28 @@ impl ServerConn {
         }
     }
 
-    /// Applies a ParameterStatus body to `params`; returns (name, value).
+    /// Applies a ParameterStatus body; returns (name, value). During login the
+    /// values are the defaults; afterwards they are overrides.
     pub fn record_parameter(&mut self, body: &[u8]) -> Option<(String, String)> {
         let (name, rest) = read_cstr(body)?;
         let (value, _) = read_cstr(rest)?;
-        self.params.set(name, value, true);
+        self.set_param(name, value, true);
         Some((name.to_string(), value.to_string()))
+    }
+
+    fn set_param(&mut self, name: &str, value: &str, canonical: bool) {
+        if self.pid == 0 {
+            self.defaults.set(name, value, canonical);
+        } else if self.defaults.get(name) == Some(value) {
+            self.overrides.remove(name);
+        } else {
+            self.overrides.set(name, value, canonical);
+        }
+    }
+
+    /// The value of a parameter now in effect, as far as the pooler knows.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.overrides.get(name).or_else(|| self.defaults.get(name))
     }
 
     /// Runs pooler-issued SQL (SET, ROLLBACK, DISCARD ALL) outside any client
@@ -209,29 +224,25 @@ impl ServerConn {
     /// Makes the server's parameters match `wanted`, with one round trip where
     /// anything differs. Returns what the server reported on the way, so the
     /// client can be told the normalised values.
-    pub async fn sync_params(
-        &mut self,
-        wanted: &ParamMap,
-    ) -> Result<Option<ErrorFields>, ServerError> {
-        let sql = params::sync_statements(wanted, &self.params, &self.defaults);
-        if sql.is_empty() {
+    pub async fn sync_params(&mut self, wanted: &ParamMap) -> Result<Option<ErrorFields>, ServerError> {
+        let Some(sql) = params::sync_statements(wanted, &self.overrides, &self.defaults) else {
             return Ok(None);
-        }
+        };
         let err = self.run_internal(&sql).await?;
         if err.is_none() {
             // Unreported parameters (search_path...) get no ParameterStatus:
-            // record what we set.
+            // record what we set, and forget what we reset.
             for (name, value) in wanted.iter() {
-                self.params.set(name, value, false);
+                self.set_param(name, value, false);
             }
-            let stale: Vec<String> = self
-                .params
+            let reset: Vec<String> = self
+                .overrides
                 .iter()
-                .filter(|(n, _)| wanted.get(n).is_none() && self.defaults.get(n).is_none())
+                .filter(|(n, _)| wanted.get(n).is_none())
                 .map(|(n, _)| n.to_string())
                 .collect();
-            for n in stale {
-                self.params.remove(&n);
+            for n in reset {
+                self.overrides.remove(&n);
             }
         }
         Ok(err)

@@ -64,18 +64,18 @@ pub fn is_startup_only(name: &str) -> bool {
 
 /// Parameters that belong to the server, reported but never set by clients.
 pub fn is_server_owned(name: &str) -> bool {
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "server_version"
-            | "server_encoding"
-            | "integer_datetimes"
-            | "is_superuser"
-            | "session_authorization"
-            | "in_hot_standby"
-            | "default_transaction_read_only"
-            | "standard_conforming_strings"
-            | "scram_iterations"
-    )
+    const OWNED: [&str; 9] = [
+        "server_version",
+        "server_encoding",
+        "integer_datetimes",
+        "is_superuser",
+        "session_authorization",
+        "in_hot_standby",
+        "default_transaction_read_only",
+        "standard_conforming_strings",
+        "scram_iterations",
+    ];
+    OWNED.iter().any(|o| o.eq_ignore_ascii_case(name))
 }
 
 /// Quotes a value as an SQL string literal.
@@ -105,24 +105,21 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
-/// The SET statements that make a server with `current` look like `wanted`,
-/// with `defaults` used for names the server has but the client did not set.
-pub fn sync_statements(wanted: &ParamMap, current: &ParamMap, defaults: &ParamMap) -> String {
-    let mut sql = String::new();
+/// The SET and RESET statements that make a server look like `wanted`, given
+/// its `defaults` and the `overrides` in effect on it; `None` when it already
+/// does. Allocates nothing in that common case.
+pub fn sync_statements(wanted: &ParamMap, overrides: &ParamMap, defaults: &ParamMap) -> Option<String> {
+    let mut sql: Option<String> = None;
     for (name, value) in wanted.iter() {
-        if is_server_owned(name) || !is_valid_name(name) {
-            continue;
-        }
-        if current.get(name) != Some(value) {
-            sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
+        let current = overrides.get(name).or_else(|| defaults.get(name));
+        if current != Some(value) && !is_server_owned(name) && is_valid_name(name) {
+            let s = sql.get_or_insert_with(String::new);
+            s.push_str(&format!("SET {name} = {};", quote_literal(value)));
         }
     }
-    for (name, value) in current.iter() {
-        if wanted.get(name).is_some() || is_server_owned(name) || !is_valid_name(name) {
-            continue;
-        }
-        if defaults.get(name) != Some(value) {
-            sql.push_str(&format!("RESET {name};"));
+    for (name, _) in overrides.iter() {
+        if wanted.get(name).is_none() && !is_server_owned(name) && is_valid_name(name) {
+            sql.get_or_insert_with(String::new).push_str(&format!("RESET {name};"));
         }
     }
     sql
@@ -197,14 +194,18 @@ mod tests {
         let mut wanted = ParamMap::new();
         wanted.set("application_name", "app", false);
         wanted.set("TimeZone", "UTC", false);
-        let mut current = ParamMap::new();
-        current.set("TimeZone", "UTC", true);
-        current.set("search_path", "x", false);
-        let defaults = ParamMap::new();
+        let mut overrides = ParamMap::new();
+        overrides.set("search_path", "x", false);
+        let mut defaults = ParamMap::new();
+        defaults.set("TimeZone", "UTC", true);
+        defaults.set("application_name", "", true);
         assert_eq!(
-            sync_statements(&wanted, &current, &defaults),
-            "SET application_name = 'app';RESET search_path;"
+            sync_statements(&wanted, &overrides, &defaults).as_deref(),
+            Some("SET application_name = 'app';RESET search_path;")
         );
+        overrides.set("application_name", "app", false);
+        overrides.remove("search_path");
+        assert_eq!(sync_statements(&wanted, &overrides, &defaults), None);
     }
 
     #[test]
