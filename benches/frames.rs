@@ -40,7 +40,10 @@ fn result_set(c: &mut Criterion) {
         b.iter(|| scan_all(&mut sc, black_box(&buf)))
     });
     let mut batch = Vec::new();
-    batch.extend(msg(b'P', b"\0SELECT abalance FROM pgbench_accounts WHERE aid = $1\0\0\0"));
+    batch.extend(msg(
+        b'P',
+        b"\0SELECT abalance FROM pgbench_accounts WHERE aid = $1\0\0\0",
+    ));
     batch.extend(msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x0512345\0\0"));
     batch.extend(msg(b'D', b"P\0"));
     batch.extend(msg(b'E', b"\0\0\0\0\0"));

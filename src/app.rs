@@ -41,10 +41,6 @@ impl App {
         }
         Some(ClientSlot { app: self.clone() })
     }
-
-    pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
-    }
 }
 
 /// Holds one place under max_client_conn until dropped.

@@ -52,7 +52,7 @@ pub fn pg_bin() -> Result<PathBuf> {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free check: root's home of processes is uid 0, visible in /proc.
+    // The real uid, read from /proc to avoid an unsafe libc call.
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -296,10 +296,13 @@ impl Cluster {
         } else {
             ""
         };
-        let dir = self.dir.display().to_string();
+        let dir = format!(
+            "'{}'",
+            self.dir.display().to_string().replace('\'', "'\\''")
+        );
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             for d in {dir}/replica* {dir}/primary; do [ -f $d/postmaster.pid ] && {as_pg}{pg_ctl} -D $d -m immediate stop >/dev/null 2>&1; done; \
+             for d in {dir}/replica* {dir}/primary; do [ -f \"$d/postmaster.pid\" ] && {as_pg}{pg_ctl} -D \"$d\" -m immediate stop >/dev/null 2>&1; done; \
              rm -rf {dir}",
             pid = std::process::id(),
             pg_ctl = pg_ctl.display(),

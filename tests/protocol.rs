@@ -330,7 +330,7 @@ async fn transaction_mode_refuses_listen_clearly() {
         .as_db_error()
         .unwrap()
         .message()
-        .contains("transaction pooling"));
+        .contains("transaction or statement pooling"));
     // Extended protocol too, and the session goes on.
     let e = c.execute("LISTEN some_channel", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
@@ -452,4 +452,55 @@ async fn notices_and_function_calls_pass_through() {
     raw.send(&frame(b'F', &body)).await;
     let msgs = raw.until_ready().await;
     assert_eq!(msgs[0].0, b'V', "{msgs:?}");
+}
+
+#[tokio::test]
+async fn settable_parameters_from_options_are_applied() {
+    let addr = pooler("default_pool_size = 1").await;
+    let conn = format!(
+        "{} options='-c default_transaction_read_only=on'",
+        conn_string(addr, "app", APP_PASSWORD, "app")
+    );
+    let (ro, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let e = ro
+        .simple_query("INSERT INTO items (note) VALUES ('must-not-write')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25006"));
+    // The next client on the same server is not read-only.
+    drop(ro);
+    let rw = connect(addr).await;
+    rw.simple_query("INSERT INTO items (note) VALUES ('may-write')")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn normalised_parameter_values_are_reported() {
+    let addr = pooler("default_pool_size = 1").await;
+    let mut raw = Raw::tcp(addr).await;
+    let mut out = BytesMut::new();
+    frontend::startup_message(
+        [
+            ("user", "trust_user"),
+            ("database", "app"),
+            ("DateStyle", "iso"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    raw.send(&out).await;
+    raw.until_ready().await;
+    out.clear();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    let status = msgs
+        .iter()
+        .find(|(t, b)| *t == b'S' && b.starts_with(b"DateStyle"))
+        .expect("DateStyle reported after the server normalised it");
+    assert!(String::from_utf8_lossy(&status.1).contains("ISO, MDY"));
 }

@@ -76,13 +76,12 @@ pub fn md5_response(stored: &str, salt: [u8; 4]) -> String {
     format!("md5{}", md5_hex(&input))
 }
 
-/// A minimal MD5 over postgres-protocol's helper: `md5_hash(user, pass, salt)`
-/// computes md5(md5(pass || user) || salt); we need only the outer step, which
-/// its `password::md5` exposes for a (password, user) pair. We reuse that by
-/// treating the stored hex as the "password" with an empty user.
+/// MD5 in hex through postgres-protocol, already a dependency, instead of a
+/// separate md5 crate: its `password::md5(p, u)` is "md5" + hex(md5(p || u)),
+/// so with an empty user name it is the plain digest we need for the outer
+/// step md5(stored hash || salt), which its `md5_hash` cannot do from a hash.
 mod md5_impl {
     pub fn md5_hex(input: &[u8]) -> String {
-        // password::md5(p, u) = "md5" + hex(md5(p || u)); with u = "" it is md5(p).
         let s = postgres_protocol::password::md5(input, "");
         s[3..].to_string()
     }

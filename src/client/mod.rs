@@ -16,8 +16,8 @@ use crate::protocol::messages;
 use login::LoginEnd;
 use session::{Exit, Session};
 
-/// Binds a listening socket with SO_REUSEPORT, so a new process can take the
-/// port during a rolling restart while this one drains.
+/// Binds a listening socket with SO_REUSEPORT, so a new process can bind the
+/// same port during a rolling restart while this one still runs.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

@@ -67,7 +67,6 @@ pub struct Session {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: Arc<App>,
         stream: TcpStream,
@@ -141,7 +140,11 @@ impl Session {
                 if tag == tag::TERMINATE {
                     return Err(Exit::Quit);
                 }
-                if self.rbuf.len() >= total || !(HEADER_LEN..=STREAM_THRESHOLD).contains(&total) {
+                if total < HEADER_LEN {
+                    let msg = format!("invalid message length {}", total - 1);
+                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, &msg).await);
+                }
+                if self.rbuf.len() >= total || total > STREAM_THRESHOLD {
                     return Ok(());
                 }
                 self.rbuf.reserve(total - self.rbuf.len());
@@ -196,7 +199,7 @@ impl Session {
                 // The client asked for a setting the server refuses; PostgreSQL
                 // would have refused the login the same way.
                 self.pool.release(srv);
-                return Err(self.close_with(&err.code, &err.message).await);
+                return Err(self.close(&err.code, &err.message).await);
             }
             Err(e) => {
                 self.pool.discard(srv);
@@ -375,10 +378,10 @@ impl Session {
                         self.send_to_server(srv, flushed, pos).await?;
                         let rewritten =
                             listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
-                        srv.stream
-                            .write_all(&rewritten)
-                            .await
-                            .map_err(|_| Exit::Gone)?;
+                        if srv.stream.write_all(&rewritten).await.is_err() {
+                            srv.broken = true;
+                            return Err(self.server_lost().await);
+                        }
                         srv.owed.on_client(tag);
                         pos += len;
                         flushed = pos;
@@ -447,7 +450,6 @@ impl Session {
     /// release under the pool mode.
     async fn forward_server(&mut self, srv: &mut ServerConn) -> Result<bool, Exit> {
         let mut pos = 0;
-        let flushed = 0;
         let mut idle = false;
         while !idle {
             let piece = match srv.scanner.next(&srv.rbuf, pos) {
@@ -492,7 +494,7 @@ impl Session {
                 Err(e) => {
                     srv.broken = true;
                     tracing::error!(server = %srv.peer, client = %self.peer, "server out of sync: {e}");
-                    self.send_to_client(srv, flushed, pos).await?;
+                    self.send_to_client(srv, 0, pos).await?;
                     return Err(self
                         .close(
                             sqlstate::PROTOCOL_VIOLATION,
@@ -504,12 +506,12 @@ impl Session {
             if idle && self.mode == PoolMode::Statement && srv.tx_status != b'I' {
                 // Statement mode cannot keep a transaction open across
                 // statements: roll it back and say so instead of ReadyForQuery.
-                self.send_to_client(srv, flushed, pos).await?;
+                self.send_to_client(srv, 0, pos).await?;
                 return self.refuse_transaction(srv, pos + len).await;
             }
             pos += len;
         }
-        self.send_to_client(srv, flushed, pos).await?;
+        self.send_to_client(srv, 0, pos).await?;
         srv.rbuf.advance(pos);
         if !idle {
             return Ok(false);
@@ -535,6 +537,7 @@ impl Session {
         srv.rbuf.advance(consumed);
         if srv.rollback().await.is_err() || !srv.rbuf.is_empty() {
             srv.broken = true;
+            return Err(self.server_lost().await);
         }
         self.out.clear();
         messages::error(
@@ -548,7 +551,7 @@ impl Session {
             .write_all(&self.out)
             .await
             .map_err(|_| Exit::Gone)?;
-        Ok(!srv.broken)
+        Ok(true)
     }
 
     /// Records a ParameterStatus the server sent while serving this client: it
@@ -586,11 +589,8 @@ impl Session {
         .await
     }
 
+    /// Sends a FATAL error; the session ends.
     async fn close(&mut self, code: &str, message: &str) -> Exit {
-        self.close_with(code, message).await
-    }
-
-    async fn close_with(&mut self, code: &str, message: &str) -> Exit {
         self.out.clear();
         messages::error(&mut self.out, Severity::Fatal, code, message);
         let _ = self.stream.write_all(&self.out).await;
@@ -610,7 +610,7 @@ impl Session {
 /// PostgreSQL would leave them after a failed statement.
 fn listen_refusal(tag: u8, body: &[u8]) -> Vec<u8> {
     const SQL: &str = "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-        MESSAGE = 'LISTEN is not supported in transaction pooling mode', \
+        MESSAGE = 'LISTEN is not supported in transaction or statement pooling mode', \
         HINT = 'Use a database or user with pool_mode = \"session\" for LISTEN/NOTIFY.'; END$sluice$";
     let mut payload = Vec::with_capacity(SQL.len() + 64);
     if tag == tag::PARSE {

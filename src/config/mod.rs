@@ -83,7 +83,8 @@ pub struct PoolerConfig {
     pub server_connect_timeout: Dur,
     /// Close a pooled server connection unused this long; 0 disables.
     pub server_idle_timeout: Dur,
-    /// Close a server connection this old when it is next released; 0 disables.
+    /// Close a server connection this old (checked at checkout and by the
+    /// maintenance task); 0 disables.
     pub server_lifetime: Dur,
     /// Run at release in session mode (and in every mode when
     /// `server_reset_query_always`).
@@ -226,7 +227,7 @@ impl Serialize for Dur {
     }
 }
 
-/// Read/write routing. Parsed and validated now; the router uses it.
+/// Read/write routing. Parsed and validated; not acted on yet.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {

@@ -168,14 +168,6 @@ impl ServerPool {
             .clone()
     }
 
-    pub fn target(&self) -> &ServerTarget {
-        &self.inner.manager().target
-    }
-
-    pub fn status(&self) -> deadpool::Status {
-        self.inner.status()
-    }
-
     /// Returns a connection to the pool, or closes it when it is not clean.
     pub fn release(&self, mut server: PooledServer) {
         if server.is_clean() {

@@ -190,7 +190,11 @@ mod tests {
 
         fn message() -> impl Strategy<Value = (u8, usize)> {
             let tags = prop::sample::select(vec![b'Q', b'P', b'S', b'd', b'B', b'D', b'X']);
-            let sizes = prop_oneof![0usize..64, 0usize..4096, (STREAM_THRESHOLD - 10)..(STREAM_THRESHOLD * 3)];
+            let sizes = prop_oneof![
+                0usize..64,
+                0usize..4096,
+                (STREAM_THRESHOLD - 10)..(STREAM_THRESHOLD * 3)
+            ];
             (tags, sizes)
         }
 

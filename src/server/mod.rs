@@ -4,18 +4,18 @@
 pub mod owed;
 pub mod params;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::server::{login, ServerAuthError};
 use crate::auth::Secret;
 use crate::protocol::error_fields::ErrorFields;
 use crate::protocol::frames::server_streamable;
-use crate::protocol::{btag, messages, read_cstr, read_message, FrameScanner, Piece, ReadError};
+use crate::protocol::{btag, messages, read_cstr, read_message, FrameScanner, ReadError};
 pub use owed::{OutOfSync, Owed, Progress, Reply};
 pub use params::ParamMap;
 
@@ -87,6 +87,8 @@ pub struct ServerConn {
     pub returned_at: Instant,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// Until the first ReadyForQuery, reported parameters are the defaults.
+    logging_in: bool,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -130,6 +132,7 @@ impl ServerConn {
             created_at: Instant::now(),
             returned_at: Instant::now(),
             broken: false,
+            logging_in: true,
         };
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::startup_message(
@@ -148,6 +151,7 @@ impl ServerConn {
         )
         .await?;
         conn.read_until_ready(true).await?;
+        conn.logging_in = false;
         Ok(conn)
     }
 
@@ -193,7 +197,7 @@ impl ServerConn {
     }
 
     fn set_param(&mut self, name: &str, value: &str, canonical: bool) {
-        if self.pid == 0 {
+        if self.logging_in {
             self.defaults.set(name, value, canonical);
         } else if self.defaults.get(name) == Some(value) {
             self.overrides.remove(name);
@@ -224,16 +228,22 @@ impl ServerConn {
     /// Makes the server's parameters match `wanted`, with one round trip where
     /// anything differs. Returns what the server reported on the way, so the
     /// client can be told the normalised values.
-    pub async fn sync_params(&mut self, wanted: &ParamMap) -> Result<Option<ErrorFields>, ServerError> {
+    pub async fn sync_params(
+        &mut self,
+        wanted: &ParamMap,
+    ) -> Result<Option<ErrorFields>, ServerError> {
         let Some(sql) = params::sync_statements(wanted, &self.overrides, &self.defaults) else {
             return Ok(None);
         };
         let err = self.run_internal(&sql).await?;
         if err.is_none() {
-            // Unreported parameters (search_path...) get no ParameterStatus:
+            // Reported parameters came back as ParameterStatus with the
+            // server's spelling; unreported ones (search_path...) did not:
             // record what we set, and forget what we reset.
             for (name, value) in wanted.iter() {
-                self.set_param(name, value, false);
+                if self.defaults.get(name).is_none() {
+                    self.set_param(name, value, false);
+                }
             }
             let reset: Vec<String> = self
                 .overrides
@@ -278,35 +288,5 @@ impl ServerConn {
         let mut out = BytesMut::new();
         messages::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
-    }
-
-    /// Drains and discards a pending reply stream (used after a cancel).
-    pub async fn drain_to_idle(&mut self) -> Result<(), ServerError> {
-        while !self.owed.is_empty() {
-            self.rbuf.reserve(4096);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(ServerError::Closed);
-            }
-            let mut pos = 0;
-            loop {
-                match self
-                    .scanner
-                    .next(&self.rbuf, pos)
-                    .map_err(|e| ServerError::Protocol(e.to_string()))?
-                {
-                    Piece::NeedMore => break,
-                    Piece::Tail { len } => pos += len,
-                    Piece::Head { tag, len } | Piece::Frame { tag, len } => {
-                        if tag == btag::READY_FOR_QUERY && len == 6 {
-                            self.tx_status = self.rbuf[pos + 5];
-                        }
-                        self.owed.on_server(tag)?;
-                        pos += len;
-                    }
-                }
-            }
-            self.rbuf.advance(pos);
-        }
-        Ok(())
     }
 }

@@ -71,15 +71,6 @@ impl Owed {
         self.queue.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn clear(&mut self) {
-        self.queue.clear();
-        self.copy_in = false;
-    }
-
     /// Records a message the client sent to this server.
     pub fn on_client(&mut self, t: u8) {
         let reply = match t {

@@ -64,16 +64,13 @@ pub fn is_startup_only(name: &str) -> bool {
 
 /// Parameters that belong to the server, reported but never set by clients.
 pub fn is_server_owned(name: &str) -> bool {
-    const OWNED: [&str; 9] = [
+    const OWNED: [&str; 6] = [
         "server_version",
         "server_encoding",
         "integer_datetimes",
         "is_superuser",
         "session_authorization",
         "in_hot_standby",
-        "default_transaction_read_only",
-        "standard_conforming_strings",
-        "scram_iterations",
     ];
     OWNED.iter().any(|o| o.eq_ignore_ascii_case(name))
 }
@@ -108,7 +105,11 @@ pub fn is_valid_name(name: &str) -> bool {
 /// The SET and RESET statements that make a server look like `wanted`, given
 /// its `defaults` and the `overrides` in effect on it; `None` when it already
 /// does. Allocates nothing in that common case.
-pub fn sync_statements(wanted: &ParamMap, overrides: &ParamMap, defaults: &ParamMap) -> Option<String> {
+pub fn sync_statements(
+    wanted: &ParamMap,
+    overrides: &ParamMap,
+    defaults: &ParamMap,
+) -> Option<String> {
     let mut sql: Option<String> = None;
     for (name, value) in wanted.iter() {
         let current = overrides.get(name).or_else(|| defaults.get(name));
@@ -119,7 +120,8 @@ pub fn sync_statements(wanted: &ParamMap, overrides: &ParamMap, defaults: &Param
     }
     for (name, _) in overrides.iter() {
         if wanted.get(name).is_none() && !is_server_owned(name) && is_valid_name(name) {
-            sql.get_or_insert_with(String::new).push_str(&format!("RESET {name};"));
+            sql.get_or_insert_with(String::new)
+                .push_str(&format!("RESET {name};"));
         }
     }
     sql
