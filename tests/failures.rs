@@ -296,3 +296,124 @@ async fn client_login_timeout_drops_silent_clients() {
     assert!(reply.is_none() || reply.unwrap().0 == b'E');
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Creates a login role of the test's own, so that its server connections
+/// can be counted on the primary apart from every other test's.
+async fn own_role(name: &str) -> tokio_postgres::Client {
+    let primary = connect_primary().await;
+    primary
+        .batch_execute(&format!(
+            "DO $$BEGIN CREATE ROLE {name} LOGIN PASSWORD '{name}'; EXCEPTION WHEN duplicate_object THEN NULL; END$$"
+        ))
+        .await
+        .unwrap();
+    primary
+}
+
+async fn server_count(primary: &tokio_postgres::Client, role: &str) -> i64 {
+    primary
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A database entry that logs into the server as `role`.
+fn database_as(name: &str, role: &str, extra: &str) -> String {
+    format!(
+        "[databases.{name}]\nprimary = \"127.0.0.1:{}\"\ndbname = \"app\"\nserver_user = \"{role}\"\nserver_password = \"{role}\"\n{extra}\n",
+        primary_port()
+    )
+}
+
+#[tokio::test]
+async fn min_pool_size_keeps_servers_open() {
+    let primary = own_role("warm_role").await;
+    let addr = pooler_with("", &database_as("warm", "warm_role", "min_pool_size = 3")).await;
+    let c = connect_as(addr, "app", APP_PASSWORD, "warm").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let mut n = 0;
+    for _ in 0..60 {
+        n = server_count(&primary, "warm_role").await;
+        if n >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        n, 3,
+        "the maintenance task opens servers up to min_pool_size"
+    );
+}
+
+#[tokio::test]
+async fn server_idle_timeout_closes_unused_servers() {
+    let primary = own_role("idle_role").await;
+    let addr = pooler_with(
+        "server_idle_timeout = \"1s\"",
+        &database_as("idle", "idle_role", ""),
+    )
+    .await;
+    let a = connect_as(addr, "app", APP_PASSWORD, "idle").await.unwrap();
+    let b = connect_as(addr, "app", APP_PASSWORD, "idle").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(server_count(&primary, "idle_role").await, 2);
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let mut n = 2;
+    for _ in 0..60 {
+        n = server_count(&primary, "idle_role").await;
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 0, "idle servers are closed after server_idle_timeout");
+    // And the pool opens a new one on demand.
+    assert_eq!(
+        a.query_typed("SELECT 1", &[]).await.unwrap()[0].get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test]
+async fn server_lifetime_replaces_old_servers() {
+    let addr = pooler("default_pool_size = 1\nserver_lifetime = \"500ms\"").await;
+    let c = connect(addr).await;
+    let first: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    assert_ne!(first, later);
+}
+
+#[tokio::test]
+async fn server_connect_timeout_is_reported() {
+    // A server that accepts TCP connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let tail = format!("[databases.silent]\nprimary = \"127.0.0.1:{port}\"\n");
+    let addr = pooler_with("server_connect_timeout = \"300ms\"", &tail).await;
+    let started = Instant::now();
+    let Err(e) = connect_as(addr, "app", APP_PASSWORD, "silent").await else {
+        panic!("login to a silent server succeeded");
+    };
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let db = e.as_db_error().expect("an error from sluice");
+    assert_eq!(db.code().code(), "57P03");
+    assert!(
+        db.message().contains("server_connect_timeout"),
+        "{}",
+        db.message()
+    );
+    keep.abort();
+}
