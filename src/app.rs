@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::auth::client::Credentials;
 use crate::auth::Secret;
 use crate::client::cancel::CancelRegistry;
+use crate::client::prepared::Registry;
 use crate::config::Config;
 use crate::pool::Pools;
 
@@ -16,17 +17,21 @@ pub struct App {
     pub credentials: HashMap<String, Credentials>,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
+    /// Every distinct prepared statement, shared by all clients.
+    pub statements: Registry,
     clients: AtomicUsize,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let credentials = build_credentials(&config);
+        let statements = Registry::new(config.pooler.max_prepared_statement_memory);
         Arc::new(App {
             config: Arc::new(config),
             credentials,
             pools: Arc::new(Pools::default()),
             cancels: CancelRegistry::default(),
+            statements,
             clients: AtomicUsize::new(0),
         })
     }

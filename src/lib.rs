@@ -29,7 +29,7 @@ pub async fn start(
                 format!("bad listen address {listen}"),
             )
         })?;
-        let listener = client::bind(addr)?;
+        let listener = client::bind(addr, app.config.pooler.so_reuseport)?;
         addrs.push(listener.local_addr()?);
         tokio::spawn(client::accept_loop(app.clone(), listener));
     }

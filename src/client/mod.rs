@@ -2,6 +2,7 @@
 
 pub mod cancel;
 pub mod login;
+pub mod prepared;
 pub mod session;
 
 use bytes::BytesMut;
@@ -16,15 +17,15 @@ use crate::protocol::messages;
 use login::LoginEnd;
 use session::{Exit, Session};
 
-/// Binds a listening socket with SO_REUSEPORT, so a new process can bind the
-/// same port during a rolling restart while this one still runs.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listening socket; with `reuseport`, SO_REUSEPORT lets a new
+/// process bind the same port during a rolling restart while this one runs.
+pub fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(reuseport)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }

@@ -5,7 +5,7 @@
 //! at tags only, and decodes a body only for ParameterStatus, ReadyForQuery,
 //! ErrorResponse severity, and the first keyword of a Query or Parse.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +14,20 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cancel::{CancelSlot, ServerKey};
+use super::prepared::{global_name, put_renamed, split_name, ClientStatements, Statement};
 use crate::app::App;
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, PooledServer, ServerPool};
 use crate::protocol::error_fields::ErrorFields;
-use crate::protocol::frames::{client_streamable, HEADER_LEN, STREAM_THRESHOLD};
+use crate::protocol::frames::{
+    client_streamable, client_streamable_unless_bind, HEADER_LEN, STREAM_THRESHOLD,
+};
 use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::{btag, read_cstr, tag, FrameScanner, Piece};
 use crate::router::starts_with_keyword;
 use crate::server::params::is_server_owned;
-use crate::server::{ParamMap, Progress, ServerConn};
+use crate::server::prepared::Held;
+use crate::server::{ParamMap, Progress, Reply, ServerConn};
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -64,6 +68,16 @@ pub struct Session {
     cancel: Arc<CancelSlot>,
     /// A FATAL error from the server has reached the client.
     server_fatal_sent: bool,
+    /// Map named prepared statements onto pooler-wide ones (transaction and
+    /// statement mode).
+    map_statements: bool,
+    max_prepared: usize,
+    statements: ClientStatements,
+    /// Rewritten messages staged for one write to the server.
+    to_server: BytesMut,
+    /// Replies staged for one write to the client when the server's stream
+    /// needs cutting (injected replies) or the pooler answers itself.
+    to_client: BytesMut,
 }
 
 impl Session {
@@ -76,13 +90,21 @@ impl Session {
     ) -> Session {
         let max_packet = app.config.pooler.max_packet_size;
         let mode = login.pool.mode;
+        let max_prepared = app.config.pooler.max_prepared_statements;
+        let map_statements = mode != PoolMode::Session && max_prepared > 0;
+        // Mapped Binds are rewritten, so they are read whole.
+        let streamable = if map_statements {
+            client_streamable_unless_bind
+        } else {
+            client_streamable
+        };
         Session {
             app,
             stream,
             peer,
             rbuf: login.rbuf,
             out: BytesMut::with_capacity(512),
-            scanner: FrameScanner::new(max_packet, client_streamable),
+            scanner: FrameScanner::new(max_packet, streamable),
             pool: login.pool,
             mode,
             user: login.user,
@@ -91,6 +113,11 @@ impl Session {
             reported: login.reported,
             cancel,
             server_fatal_sent: false,
+            map_statements,
+            max_prepared,
+            statements: ClientStatements::default(),
+            to_server: BytesMut::new(),
+            to_client: BytesMut::new(),
         }
     }
 
@@ -102,6 +129,13 @@ impl Session {
                 None => {
                     if let Err(exit) = self.wait_for_request().await {
                         break exit;
+                    }
+                    if self.map_statements {
+                        match self.answer_without_server().await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(exit) => break exit,
+                        }
                     }
                     match self.attach().await {
                         Ok(s) => server.insert(s),
@@ -162,6 +196,73 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers, without a server, the leading messages that need none: a
+    /// Parse of a statement some server has accepted, a Close of a statement,
+    /// Flush, and Sync (ReadyForQuery, idle: no server is held so no
+    /// transaction is open). Blocking drivers that prepare with Parse+Sync
+    /// (libpq's PQprepare, pgbench -M prepared) then never wait for a server
+    /// only to prepare. Returns true when nothing is left that needs one.
+    async fn answer_without_server(&mut self) -> Result<bool, Exit> {
+        let mut pos = 0;
+        self.to_client.clear();
+        while self.rbuf.len() >= pos + HEADER_LEN {
+            let tag = self.rbuf[pos];
+            let len = u32::from_be_bytes([
+                self.rbuf[pos + 1],
+                self.rbuf[pos + 2],
+                self.rbuf[pos + 3],
+                self.rbuf[pos + 4],
+            ]) as usize
+                + 1;
+            if len < HEADER_LEN || self.rbuf.len() < pos + len {
+                break;
+            }
+            let body = &self.rbuf[pos + HEADER_LEN..pos + len];
+            match tag {
+                tag::PARSE => {
+                    let Some((name, key)) = split_name(body) else {
+                        break;
+                    };
+                    if name.is_empty() {
+                        break;
+                    }
+                    let Some(stmt) = self.app.statements.get_valid(key) else {
+                        break;
+                    };
+                    self.statements.insert(name, stmt);
+                    put_empty_message(&mut self.to_client, btag::PARSE_COMPLETE);
+                }
+                tag::CLOSE => {
+                    let Some((&kind, rest)) = body.split_first() else {
+                        break;
+                    };
+                    let Some((name, _)) = split_name(rest) else {
+                        break;
+                    };
+                    if kind != b'S' || name.is_empty() {
+                        break;
+                    }
+                    self.statements.remove(name);
+                    put_empty_message(&mut self.to_client, btag::CLOSE_COMPLETE);
+                }
+                tag::SYNC => messages::ready_for_query(&mut self.to_client, b'I'),
+                tag::FLUSH => {}
+                _ => break,
+            }
+            pos += len;
+        }
+        if pos == 0 {
+            return Ok(false);
+        }
+        self.rbuf.advance(pos);
+        if !self.to_client.is_empty() {
+            let written = self.stream.write_all(&self.to_client).await;
+            self.to_client.clear();
+            written.map_err(|_| Exit::Gone)?;
+        }
+        Ok(self.rbuf.len() < HEADER_LEN)
     }
 
     /// Checks out a server and makes its session parameters the client's.
@@ -259,7 +360,10 @@ impl Session {
             return;
         }
         match tokio::time::timeout(Duration::from_secs(5), srv.run_internal(&query)).await {
-            Ok(Ok(None)) => srv.overrides = ParamMap::new(),
+            Ok(Ok(None)) => {
+                srv.overrides = ParamMap::new();
+                srv.prepared.clear();
+            }
             Ok(Ok(Some(e))) => {
                 tracing::warn!(server = %srv.peer, "server_reset_query failed: {e}");
                 srv.broken = true;
@@ -345,7 +449,10 @@ impl Session {
         }
     }
 
-    /// Forwards the complete (or streamable) client messages in the buffer.
+    /// Forwards the complete (or streamable) client messages in the buffer:
+    /// raw runs straight from the read buffer, or, when a message must be
+    /// rewritten (statement names, LISTEN), staged in `to_server` and sent in
+    /// one write.
     async fn forward_client(&mut self, srv: &mut ServerConn) -> Result<(), Exit> {
         let mut pos = 0;
         let mut flushed = 0;
@@ -375,19 +482,29 @@ impl Session {
                     tag::QUERY | tag::PARSE
                         if self.refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) =>
                     {
-                        self.send_to_server(srv, flushed, pos).await?;
+                        self.to_server.extend_from_slice(&self.rbuf[flushed..pos]);
                         let rewritten =
                             listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
-                        if srv.stream.write_all(&rewritten).await.is_err() {
-                            srv.broken = true;
-                            return Err(self.server_lost().await);
-                        }
+                        self.to_server.extend_from_slice(&rewritten);
                         srv.owed.on_client(tag);
                         pos += len;
                         flushed = pos;
                     }
-                    tag::QUERY
-                    | tag::PARSE
+                    tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE
+                        if self.map_statements
+                            && self.map_statement(srv, tag, flushed, pos, len) =>
+                    {
+                        pos += len;
+                        flushed = pos;
+                    }
+                    tag::QUERY => {
+                        if self.map_statements {
+                            self.forget_on_deallocate_all(srv, pos, len);
+                        }
+                        srv.owed.on_client(tag);
+                        pos += len;
+                    }
+                    tag::PARSE
                     | tag::BIND
                     | tag::DESCRIBE
                     | tag::EXECUTE
@@ -411,7 +528,118 @@ impl Session {
         }
         self.send_to_server(srv, flushed, pos).await?;
         self.rbuf.advance(pos);
+        // Replies the pooler answers itself are due now if nothing is owed
+        // before them.
+        self.to_client.clear();
+        while let Some(t) = srv.owed.pop_synthetic() {
+            put_empty_message(&mut self.to_client, t);
+        }
+        if !self.to_client.is_empty() {
+            let written = self.stream.write_all(&self.to_client).await;
+            self.to_client.clear();
+            written.map_err(|_| Exit::Gone)?;
+        }
         Ok(())
+    }
+
+    /// Rewrites a Parse, Bind, Describe or Close of a named statement onto the
+    /// pooler-wide statement, preparing it on this server first where needed.
+    /// Stages everything up to and including the message; false when the
+    /// message should pass through unchanged (unnamed, unknown or malformed;
+    /// the server then answers as PostgreSQL would).
+    fn map_statement(
+        &mut self,
+        srv: &mut ServerConn,
+        tag: u8,
+        flushed: usize,
+        start: usize,
+        len: usize,
+    ) -> bool {
+        let body = &self.rbuf[start + HEADER_LEN..start + len];
+        let max = self.max_prepared;
+        match tag {
+            tag::PARSE => {
+                let Some((name, key)) = split_name(body) else {
+                    return false;
+                };
+                if name.is_empty() {
+                    return false;
+                }
+                let stmt = self.app.statements.get_or_insert(key);
+                self.statements.insert(name, stmt.clone());
+                self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                match srv.prepared.lookup(stmt.id, srv.owed.segment()) {
+                    Held::Yes => {
+                        // Already there: answer without a round trip.
+                        srv.prepared.touch(stmt.id);
+                        srv.owed.push(Reply::Synthetic(btag::PARSE_COMPLETE));
+                    }
+                    Held::Uncertain => {
+                        close_on(&mut self.to_server, srv, stmt.id);
+                        prepare_on(&mut self.to_server, srv, &stmt, true, max);
+                    }
+                    Held::No => prepare_on(&mut self.to_server, srv, &stmt, true, max),
+                }
+            }
+            tag::BIND => {
+                let Some((portal, rest)) = split_name(body) else {
+                    return false;
+                };
+                let Some((name, rest)) = split_name(rest) else {
+                    return false;
+                };
+                let Some(stmt) = (!name.is_empty())
+                    .then(|| self.statements.get(name))
+                    .flatten()
+                else {
+                    return false;
+                };
+                let stmt = stmt.clone();
+                self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                ensure_prepared(&mut self.to_server, srv, &stmt, max);
+                let prefix = &body[..portal.len() + 1];
+                put_renamed(&mut self.to_server, tag::BIND, prefix, stmt.name(), rest);
+                srv.owed.push(Reply::BindComplete);
+            }
+            tag::DESCRIBE | tag::CLOSE => {
+                let Some((&kind, rest)) = body.split_first() else {
+                    return false;
+                };
+                let Some((name, _)) = split_name(rest) else {
+                    return false;
+                };
+                if kind != b'S' || name.is_empty() {
+                    return false;
+                }
+                if tag == tag::CLOSE {
+                    // Only this client's name goes; the server keeps the
+                    // statement for everyone else.
+                    self.statements.remove(name);
+                    self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                    srv.owed.push(Reply::Synthetic(btag::CLOSE_COMPLETE));
+                    return true;
+                }
+                let Some(stmt) = self.statements.get(name).cloned() else {
+                    return false;
+                };
+                self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                ensure_prepared(&mut self.to_server, srv, &stmt, max);
+                put_renamed(&mut self.to_server, tag::DESCRIBE, b"S", stmt.name(), b"");
+                srv.owed.push(Reply::Describe);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// `DEALLOCATE ALL` and `DISCARD ALL` drop every prepared statement on the
+    /// server and in the client's session.
+    fn forget_on_deallocate_all(&mut self, srv: &mut ServerConn, start: usize, len: usize) {
+        let sql = &self.rbuf[start + HEADER_LEN..start + len];
+        if drops_all_statements(sql) {
+            srv.prepared.clear();
+            self.statements.clear();
+        }
     }
 
     fn refuses_listen(&self, tag: u8, body: &[u8]) -> bool {
@@ -430,18 +658,29 @@ impl Session {
         starts_with_keyword(sql, "LISTEN")
     }
 
+    /// Sends what is staged plus the raw run `rbuf[from..to]`, in one write.
     async fn send_to_server(
         &mut self,
         srv: &mut ServerConn,
         from: usize,
         to: usize,
     ) -> Result<(), Exit> {
-        if to > from {
-            if let Err(e) = srv.stream.write_all(&self.rbuf[from..to]).await {
-                tracing::debug!(server = %srv.peer, "write to server failed: {e}");
-                srv.broken = true;
-                return Err(self.server_lost().await);
+        let result = if self.to_server.is_empty() {
+            if to > from {
+                srv.stream.write_all(&self.rbuf[from..to]).await
+            } else {
+                Ok(())
             }
+        } else {
+            self.to_server.extend_from_slice(&self.rbuf[from..to]);
+            let r = srv.stream.write_all(&self.to_server).await;
+            self.to_server.clear();
+            r
+        };
+        if let Err(e) = result {
+            tracing::debug!(server = %srv.peer, "write to server failed: {e}");
+            srv.broken = true;
+            return Err(self.server_lost().await);
         }
         Ok(())
     }
@@ -450,8 +689,17 @@ impl Session {
     /// release under the pool mode.
     async fn forward_server(&mut self, srv: &mut ServerConn) -> Result<bool, Exit> {
         let mut pos = 0;
+        // Start of the raw run not yet staged or sent.
+        let mut flushed = 0;
         let mut idle = false;
         while !idle {
+            // The pooler's own replies go out as soon as everything owed
+            // before them has been forwarded.
+            while let Some(t) = srv.owed.pop_synthetic() {
+                self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
+                flushed = pos;
+                put_empty_message(&mut self.to_client, t);
+            }
             let piece = match srv.scanner.next(&srv.rbuf, pos) {
                 Ok(p) => p,
                 Err(e) => {
@@ -488,13 +736,12 @@ impl Session {
                     (tag, len)
                 }
             };
-            match srv.owed.on_server(tag) {
-                Ok(Progress::Continue) => {}
-                Ok(Progress::Idle) => idle = true,
+            let handled = match srv.owed.on_server(tag) {
+                Ok(h) => h,
                 Err(e) => {
                     srv.broken = true;
                     tracing::error!(server = %srv.peer, client = %self.peer, "server out of sync: {e}");
-                    self.send_to_client(srv, 0, pos).await?;
+                    self.send_to_client(srv, flushed, pos).await?;
                     return Err(self
                         .close(
                             sqlstate::PROTOCOL_VIOLATION,
@@ -502,16 +749,34 @@ impl Session {
                         )
                         .await);
                 }
+            };
+            if let Some(id) = handled.prepared {
+                srv.prepared.confirm(id);
+                if let Some(stmt) = self.statements.find(id) {
+                    stmt.mark_valid();
+                }
             }
+            if tag == btag::ERROR_RESPONSE {
+                for id in srv.owed.take_failed_parses() {
+                    srv.prepared.remove(id);
+                    self.statements.forget_statement(id);
+                }
+            }
+            idle = handled.progress == Progress::Idle;
             if idle && self.mode == PoolMode::Statement && srv.tx_status != b'I' {
                 // Statement mode cannot keep a transaction open across
                 // statements: roll it back and say so instead of ReadyForQuery.
-                self.send_to_client(srv, 0, pos).await?;
+                self.send_to_client(srv, flushed, pos).await?;
                 return self.refuse_transaction(srv, pos + len).await;
+            }
+            if !handled.forward {
+                // A reply to a message the pooler injected: cut it out.
+                self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
+                flushed = pos + len;
             }
             pos += len;
         }
-        self.send_to_client(srv, 0, pos).await?;
+        self.send_to_client(srv, flushed, pos).await?;
         srv.rbuf.advance(pos);
         if !idle {
             return Ok(false);
@@ -566,16 +831,26 @@ impl Session {
         }
     }
 
+    /// Sends what is staged for the client plus the raw run `rbuf[from..to]`.
     async fn send_to_client(
         &mut self,
         srv: &mut ServerConn,
         from: usize,
         to: usize,
     ) -> Result<(), Exit> {
-        if to > from && self.stream.write_all(&srv.rbuf[from..to]).await.is_err() {
-            return Err(Exit::Gone);
-        }
-        Ok(())
+        let result = if self.to_client.is_empty() {
+            if to > from {
+                self.stream.write_all(&srv.rbuf[from..to]).await
+            } else {
+                Ok(())
+            }
+        } else {
+            self.to_client.extend_from_slice(&srv.rbuf[from..to]);
+            let r = self.stream.write_all(&self.to_client).await;
+            self.to_client.clear();
+            r
+        };
+        result.map_err(|_| Exit::Gone)
     }
 
     async fn server_lost(&mut self) -> Exit {
@@ -628,6 +903,69 @@ fn listen_refusal(tag: u8, body: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
     frame.extend_from_slice(&payload);
     frame
+}
+
+/// Prepares `stmt` on the server: its Parse goes out under the pooler-wide
+/// name; the client sees the ParseComplete only when it asked for the Parse.
+fn prepare_on(
+    out: &mut BytesMut,
+    srv: &mut ServerConn,
+    stmt: &Statement,
+    client_asked: bool,
+    max: usize,
+) {
+    let segment = srv.owed.segment();
+    if let Some(evicted) = srv.prepared.insert_pending(stmt.id, segment, max) {
+        close_on(out, srv, evicted);
+    }
+    out.extend_from_slice(&stmt.parse);
+    srv.owed.push(Reply::ParseComplete {
+        stmt: Some(stmt.id),
+        forward: client_asked,
+    });
+}
+
+/// Injects a Parse before a Bind or Describe on a server that lacks `stmt`.
+/// A statement whose Parse went out in an earlier segment may yet fail, so it
+/// is closed (a no-op if it does not exist) and prepared again.
+fn ensure_prepared(out: &mut BytesMut, srv: &mut ServerConn, stmt: &Statement, max: usize) {
+    match srv.prepared.lookup(stmt.id, srv.owed.segment()) {
+        Held::Yes => srv.prepared.touch(stmt.id),
+        Held::Uncertain => {
+            close_on(out, srv, stmt.id);
+            prepare_on(out, srv, stmt, false, max);
+        }
+        Held::No => prepare_on(out, srv, stmt, false, max),
+    }
+}
+
+/// Closes a statement the server no longer needs to hold.
+fn close_on(out: &mut BytesMut, srv: &mut ServerConn, id: u64) {
+    let name = global_name(id);
+    out.put_u8(tag::CLOSE);
+    out.put_u32((4 + 1 + name.len() + 1) as u32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    srv.owed.push(Reply::CloseComplete { forward: false });
+}
+
+/// A message with no body (ParseComplete, CloseComplete).
+fn put_empty_message(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_u32(4);
+}
+
+/// True for `DEALLOCATE [PREPARE] ALL` and `DISCARD ALL`.
+fn drops_all_statements(sql: &[u8]) -> bool {
+    let words = crate::router::keywords(sql, 3);
+    let is = |i: usize, w: &str| {
+        words
+            .get(i)
+            .is_some_and(|k| k.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    (is(0, "DISCARD") && is(1, "ALL"))
+        || (is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL"))))
 }
 
 /// Reads more bytes; false on end of stream or error.

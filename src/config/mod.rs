@@ -93,9 +93,18 @@ pub struct PoolerConfig {
     /// Largest message the pooler buffers whole (queries, Parse); bulk data
     /// (rows, COPY, Bind) streams through whatever its size.
     pub max_packet_size: usize,
+    /// Prepared statements kept per server connection in transaction and
+    /// statement mode (least recently used are closed); 0 turns statement
+    /// mapping off.
+    pub max_prepared_statements: usize,
+    /// Bytes of statement text the pooler-wide statement registry may hold.
+    pub max_prepared_statement_memory: usize,
     /// How long a drain on SIGTERM waits for open transactions.
     pub shutdown_timeout: Dur,
     pub tcp_keepalive: bool,
+    /// Bind listeners with SO_REUSEPORT, so that a second process can share
+    /// the port (rolling restarts); off by default so a port clash is an error.
+    pub so_reuseport: bool,
     pub log_connections: bool,
     pub log_disconnections: bool,
 }
@@ -120,8 +129,11 @@ impl Default for PoolerConfig {
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             max_packet_size: 64 * 1024 * 1024,
+            max_prepared_statements: 200,
+            max_prepared_statement_memory: 64 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
             tcp_keepalive: true,
+            so_reuseport: false,
             log_connections: true,
             log_disconnections: true,
         }

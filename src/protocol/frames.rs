@@ -53,6 +53,11 @@ pub fn client_streamable(tag: u8) -> bool {
     matches!(tag, b'd' | b'B' | b'F')
 }
 
+/// Like [`client_streamable`] when the pooler rewrites Bind messages.
+pub fn client_streamable_unless_bind(tag: u8) -> bool {
+    matches!(tag, b'd' | b'F')
+}
+
 /// Bulk messages from a server that the pooler never needs whole.
 pub fn server_streamable(tag: u8) -> bool {
     matches!(tag, b'D' | b'd')

@@ -41,6 +41,22 @@ pub fn first_keyword(sql: &[u8]) -> &[u8] {
     &sql[start..i]
 }
 
+/// Up to `n` leading keywords of `sql`, skipping white space and comments.
+pub fn keywords(sql: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = sql;
+    while out.len() < n {
+        let word = first_keyword(rest);
+        if word.is_empty() {
+            break;
+        }
+        out.push(word);
+        let end = word.as_ptr() as usize - rest.as_ptr() as usize + word.len();
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// True when the first keyword of `sql` is `word` (ASCII, case-insensitive).
 pub fn starts_with_keyword(sql: &[u8], word: &str) -> bool {
     first_keyword(sql).eq_ignore_ascii_case(word.as_bytes())
@@ -61,5 +77,9 @@ mod tests {
         assert_eq!(first_keyword(b""), b"");
         assert!(starts_with_keyword(b"listen foo", "LISTEN"));
         assert!(!starts_with_keyword(b"listener", "LISTEN"));
+        assert_eq!(
+            keywords(b"DEALLOCATE /* x */ prepare ALL", 3),
+            vec![&b"DEALLOCATE"[..], b"prepare", b"ALL"]
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod owed;
 pub mod params;
+pub mod prepared;
 
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use crate::auth::Secret;
 use crate::protocol::error_fields::ErrorFields;
 use crate::protocol::frames::server_streamable;
 use crate::protocol::{btag, messages, read_cstr, read_message, FrameScanner, ReadError};
-pub use owed::{OutOfSync, Owed, Progress, Reply};
+pub use owed::{Handled, OutOfSync, Owed, Progress, Reply};
 pub use params::ParamMap;
 
 /// Where and as whom to connect.
@@ -89,6 +90,8 @@ pub struct ServerConn {
     pub broken: bool,
     /// Until the first ReadyForQuery, reported parameters are the defaults.
     logging_in: bool,
+    /// Pooler-wide prepared statements this server holds.
+    pub prepared: prepared::HeldStatements,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -133,6 +136,7 @@ impl ServerConn {
             returned_at: Instant::now(),
             broken: false,
             logging_in: true,
+            prepared: prepared::HeldStatements::default(),
         };
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::startup_message(

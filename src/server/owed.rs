@@ -14,9 +14,18 @@ use crate::protocol::{btag, tag};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    ParseComplete,
+    /// ParseComplete. `stmt` is the pooler-wide statement the Parse prepares;
+    /// `forward` is false for a Parse the pooler injected, whose reply the
+    /// client must not see.
+    ParseComplete {
+        stmt: Option<u64>,
+        forward: bool,
+    },
     BindComplete,
-    CloseComplete,
+    /// CloseComplete; `forward` is false for a Close the pooler injected.
+    CloseComplete {
+        forward: bool,
+    },
     /// RowDescription or NoData (after a ParameterDescription for a statement).
     Describe,
     /// CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -27,6 +36,10 @@ pub enum Reply {
     Query,
     /// FunctionCallResponse then ReadyForQuery.
     FunctionCall,
+    /// A reply the pooler writes itself (this tag, empty body) once everything
+    /// owed before it has been answered: ParseComplete for a statement the
+    /// server already holds, CloseComplete for a client's Close.
+    Synthetic(u8),
 }
 
 impl Reply {
@@ -45,6 +58,22 @@ pub enum Progress {
     Idle,
 }
 
+/// How to treat one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    pub progress: Progress,
+    /// False for replies to messages the pooler injected.
+    pub forward: bool,
+    /// The pooler-wide statement this ParseComplete confirms.
+    pub prepared: Option<u64>,
+}
+
+const CONTINUE: Handled = Handled {
+    progress: Progress::Continue,
+    forward: true,
+    prepared: None,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("server sent '{}' while owing {expected:?}", *.got as char)]
 pub struct OutOfSync {
@@ -57,6 +86,10 @@ pub struct Owed {
     queue: VecDeque<Reply>,
     /// The server is in COPY FROM STDIN and ignores Sync until CopyDone/Fail.
     copy_in: bool,
+    /// Statements whose Parse an error made the server skip or refuse.
+    failed_parses: Vec<u64>,
+    /// Syncs sent so far: numbers the segments an error can skip to the end of.
+    syncs: u64,
 }
 
 impl Owed {
@@ -64,6 +97,8 @@ impl Owed {
         Owed {
             queue: VecDeque::with_capacity(32),
             copy_in: false,
+            failed_parses: Vec::new(),
+            syncs: 0,
         }
     }
 
@@ -71,17 +106,28 @@ impl Owed {
         self.queue.is_empty()
     }
 
-    /// Records a message the client sent to this server.
+    /// The Sync segment messages sent now belong to.
+    pub fn segment(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Records a message the client sent to this server unchanged.
     pub fn on_client(&mut self, t: u8) {
         let reply = match t {
-            tag::PARSE => Reply::ParseComplete,
+            tag::PARSE => Reply::ParseComplete {
+                stmt: None,
+                forward: true,
+            },
             tag::BIND => Reply::BindComplete,
-            tag::CLOSE => Reply::CloseComplete,
+            tag::CLOSE => Reply::CloseComplete { forward: true },
             tag::DESCRIBE => Reply::Describe,
             tag::EXECUTE => Reply::Execute,
             // PostgreSQL ignores Sync while in COPY FROM STDIN.
             tag::SYNC if self.copy_in => return,
-            tag::SYNC => Reply::Sync,
+            tag::SYNC => {
+                self.syncs += 1;
+                Reply::Sync
+            }
             tag::QUERY => Reply::Query,
             tag::FUNCTION_CALL => Reply::FunctionCall,
             tag::COPY_DONE | tag::COPY_FAIL => {
@@ -93,32 +139,72 @@ impl Owed {
         self.queue.push_back(reply);
     }
 
+    /// Records a reply owed for a message the pooler rewrote or injected, or
+    /// one it will write itself.
+    pub fn push(&mut self, reply: Reply) {
+        self.queue.push_back(reply);
+    }
+
+    /// Takes the pooler's own reply at the front of the queue, if it is due.
+    pub fn pop_synthetic(&mut self) -> Option<u8> {
+        match self.queue.front() {
+            Some(Reply::Synthetic(t)) => {
+                let t = *t;
+                self.queue.pop_front();
+                Some(t)
+            }
+            _ => None,
+        }
+    }
+
+    /// Statements an error made the server skip or refuse since the last call.
+    pub fn take_failed_parses(&mut self) -> std::vec::Drain<'_, u64> {
+        self.failed_parses.drain(..)
+    }
+
     /// Records a message the server sent.
-    pub fn on_server(&mut self, t: u8) -> Result<Progress, OutOfSync> {
+    pub fn on_server(&mut self, t: u8) -> Result<Handled, OutOfSync> {
         let front = self.queue.front().copied();
         let oos = || OutOfSync {
             got: t,
             expected: front,
         };
         let in_execute = matches!(front, Some(Reply::Execute | Reply::Query));
-        match t {
-            btag::PARAMETER_STATUS | btag::NOTICE_RESPONSE | btag::NOTIFICATION => {}
-            btag::PARSE_COMPLETE => self.pop_expect(Reply::ParseComplete).ok_or_else(oos)?,
-            btag::BIND_COMPLETE => self.pop_expect(Reply::BindComplete).ok_or_else(oos)?,
-            btag::CLOSE_COMPLETE => self.pop_expect(Reply::CloseComplete).ok_or_else(oos)?,
-            btag::PARAMETER_DESCRIPTION if front == Some(Reply::Describe) => {}
-            btag::ROW_DESCRIPTION | btag::NO_DATA if front == Some(Reply::Describe) => {
+        match (t, front) {
+            (btag::PARAMETER_STATUS | btag::NOTICE_RESPONSE | btag::NOTIFICATION, _) => {}
+            (btag::PARSE_COMPLETE, Some(Reply::ParseComplete { forward, stmt })) => {
+                self.queue.pop_front();
+                return Ok(Handled {
+                    progress: Progress::Continue,
+                    forward,
+                    prepared: stmt,
+                });
+            }
+            (btag::CLOSE_COMPLETE, Some(Reply::CloseComplete { forward })) => {
+                self.queue.pop_front();
+                return Ok(Handled {
+                    progress: Progress::Continue,
+                    forward,
+                    prepared: None,
+                });
+            }
+            (btag::BIND_COMPLETE, Some(Reply::BindComplete)) => {
                 self.queue.pop_front();
             }
-            btag::ROW_DESCRIPTION if front == Some(Reply::Query) => {}
-            btag::DATA_ROW if in_execute => {}
-            btag::COMMAND_COMPLETE | btag::EMPTY_QUERY | btag::PORTAL_SUSPENDED
-                if front == Some(Reply::Execute) =>
-            {
+            (btag::PARAMETER_DESCRIPTION, Some(Reply::Describe)) => {}
+            (btag::ROW_DESCRIPTION | btag::NO_DATA, Some(Reply::Describe)) => {
                 self.queue.pop_front();
             }
-            btag::COMMAND_COMPLETE | btag::EMPTY_QUERY if front == Some(Reply::Query) => {}
-            btag::COPY_IN | btag::COPY_BOTH if in_execute => {
+            (btag::ROW_DESCRIPTION, Some(Reply::Query)) => {}
+            (btag::DATA_ROW, _) if in_execute => {}
+            (
+                btag::COMMAND_COMPLETE | btag::EMPTY_QUERY | btag::PORTAL_SUSPENDED,
+                Some(Reply::Execute),
+            ) => {
+                self.queue.pop_front();
+            }
+            (btag::COMMAND_COMPLETE | btag::EMPTY_QUERY, Some(Reply::Query)) => {}
+            (btag::COPY_IN | btag::COPY_BOTH, _) if in_execute => {
                 self.copy_in = true;
                 // Syncs already sent behind the COPY reach the server while it
                 // is in copy-in mode, which ignores them: no ReadyForQuery.
@@ -128,45 +214,43 @@ impl Owed {
                     self.queue.push_front(h);
                 }
             }
-            btag::COPY_OUT | btag::COPY_DATA | btag::COPY_DONE if in_execute => {}
-            btag::FUNCTION_CALL_RESPONSE if front == Some(Reply::FunctionCall) => {}
-            btag::ERROR_RESPONSE => {
+            (btag::COPY_OUT | btag::COPY_DATA | btag::COPY_DONE, _) if in_execute => {}
+            (btag::FUNCTION_CALL_RESPONSE, Some(Reply::FunctionCall)) => {}
+            (btag::ERROR_RESPONSE, _) => {
                 self.copy_in = false;
                 match front {
                     // A simple query or function call still ends in ReadyForQuery.
                     Some(Reply::Query | Reply::FunctionCall) | None => {}
-                    // In the extended protocol the server skips to the next Sync.
+                    // In the extended protocol the server skips to the next
+                    // Sync: nothing owed before it will come, and the pooler's
+                    // own replies there are void too. The error itself always
+                    // reaches the client, even when an injected Parse caused it.
                     Some(_) => {
-                        while let Some(r) = self.queue.front() {
-                            if *r == Reply::Sync {
+                        while let Some(r) = self.queue.front().copied() {
+                            if r == Reply::Sync {
                                 break;
+                            }
+                            if let Reply::ParseComplete { stmt: Some(id), .. } = r {
+                                self.failed_parses.push(id);
                             }
                             self.queue.pop_front();
                         }
                     }
                 }
             }
-            btag::READY_FOR_QUERY => match front {
-                Some(r) if r.ends_with_ready() => {
-                    self.queue.pop_front();
-                    if self.queue.is_empty() {
-                        return Ok(Progress::Idle);
-                    }
+            (btag::READY_FOR_QUERY, Some(r)) if r.ends_with_ready() => {
+                self.queue.pop_front();
+                if self.queue.is_empty() {
+                    return Ok(Handled {
+                        progress: Progress::Idle,
+                        forward: true,
+                        prepared: None,
+                    });
                 }
-                _ => return Err(oos()),
-            },
+            }
             _ => return Err(oos()),
         }
-        Ok(Progress::Continue)
-    }
-
-    fn pop_expect(&mut self, want: Reply) -> Option<()> {
-        if self.queue.front() == Some(&want) {
-            self.queue.pop_front();
-            Some(())
-        } else {
-            None
-        }
+        Ok(CONTINUE)
     }
 }
 
@@ -186,13 +270,16 @@ mod tests {
         feed(&mut o, b"PBDES");
         feed(&mut o, b"BES");
         for &t in b"12TDDC" {
-            assert_eq!(o.on_server(t), Ok(Progress::Continue));
+            assert_eq!(o.on_server(t).map(|h| h.progress), Ok(Progress::Continue));
         }
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Continue));
+        assert_eq!(
+            o.on_server(b'Z').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
         for &t in b"2DC" {
-            assert_eq!(o.on_server(t), Ok(Progress::Continue));
+            assert_eq!(o.on_server(t).map(|h| h.progress), Ok(Progress::Continue));
         }
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
         assert!(o.is_empty());
     }
 
@@ -200,21 +287,33 @@ mod tests {
     fn flush_without_sync_keeps_server_owed() {
         let mut o = Owed::new();
         feed(&mut o, b"PDH");
-        assert_eq!(o.on_server(b'1'), Ok(Progress::Continue));
-        assert_eq!(o.on_server(b't'), Ok(Progress::Continue));
-        assert_eq!(o.on_server(b'T'), Ok(Progress::Continue));
+        assert_eq!(
+            o.on_server(b'1').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
+        assert_eq!(
+            o.on_server(b't').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
+        assert_eq!(
+            o.on_server(b'T').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
         assert!(o.is_empty());
         // The server has answered everything but is not at ReadyForQuery.
         feed(&mut o, b"S");
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 
     #[test]
     fn error_skips_to_sync() {
         let mut o = Owed::new();
         feed(&mut o, b"PBES");
-        assert_eq!(o.on_server(b'E'), Ok(Progress::Continue));
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(
+            o.on_server(b'E').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 
     #[test]
@@ -222,9 +321,9 @@ mod tests {
         let mut o = Owed::new();
         feed(&mut o, b"Q");
         for &t in b"TDCTDCE" {
-            assert_eq!(o.on_server(t), Ok(Progress::Continue));
+            assert_eq!(o.on_server(t).map(|h| h.progress), Ok(Progress::Continue));
         }
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 
     #[test]
@@ -233,21 +332,30 @@ mod tests {
         // libpq: Parse/Bind/Describe/Execute/Sync, then data, CopyDone, Sync.
         feed(&mut o, b"PBDES");
         for &t in b"12nG" {
-            assert_eq!(o.on_server(t), Ok(Progress::Continue));
+            assert_eq!(o.on_server(t).map(|h| h.progress), Ok(Progress::Continue));
         }
         feed(&mut o, b"ddcS");
-        assert_eq!(o.on_server(b'C'), Ok(Progress::Continue));
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(
+            o.on_server(b'C').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 
     #[test]
     fn copy_in_simple() {
         let mut o = Owed::new();
         feed(&mut o, b"Q");
-        assert_eq!(o.on_server(b'G'), Ok(Progress::Continue));
+        assert_eq!(
+            o.on_server(b'G').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
         feed(&mut o, b"ddc");
-        assert_eq!(o.on_server(b'C'), Ok(Progress::Continue));
-        assert_eq!(o.on_server(b'Z'), Ok(Progress::Idle));
+        assert_eq!(
+            o.on_server(b'C').map(|h| h.progress),
+            Ok(Progress::Continue)
+        );
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 
     #[test]
@@ -256,5 +364,37 @@ mod tests {
         assert!(o.on_server(b'Z').is_err());
         feed(&mut o, b"BES");
         assert!(o.on_server(b'1').is_err());
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_and_synthetic_replies_wait_their_turn() {
+        let mut o = Owed::new();
+        o.push(Reply::ParseComplete {
+            stmt: Some(7),
+            forward: false,
+        });
+        o.on_client(b'B');
+        o.push(Reply::Synthetic(b'3'));
+        o.on_client(b'S');
+        assert_eq!(o.pop_synthetic(), None);
+        assert!(!o.on_server(b'1').unwrap().forward);
+        assert!(o.on_server(b'2').unwrap().forward);
+        assert_eq!(o.pop_synthetic(), Some(b'3'));
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
+    }
+
+    #[test]
+    fn failed_injected_parse_is_reported() {
+        let mut o = Owed::new();
+        o.push(Reply::ParseComplete {
+            stmt: Some(9),
+            forward: false,
+        });
+        o.on_client(b'B');
+        o.on_client(b'E');
+        o.on_client(b'S');
+        assert!(o.on_server(b'E').unwrap().forward);
+        assert_eq!(o.take_failed_parses().collect::<Vec<_>>(), vec![9]);
+        assert_eq!(o.on_server(b'Z').map(|h| h.progress), Ok(Progress::Idle));
     }
 }

@@ -280,3 +280,12 @@ pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     v.extend_from_slice(body);
     v
 }
+
+/// Appends a Bind of the unnamed portal to `statement`, with no parameters.
+pub fn bind_no_params(statement: &str, out: &mut BytesMut) {
+    let mut body = vec![0u8];
+    body.extend_from_slice(statement.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame(b'B', &body));
+}

@@ -1,0 +1,239 @@
+//! Named prepared statements across pooled servers.
+//!
+//! In transaction and statement mode a client's next transaction may run on
+//! another server, where its statement names mean nothing. So sluice gives each
+//! distinct statement (its text and parameter types) one pooler-wide name,
+//! `sluice_<id>`, maps each client's names onto those, and prepares a statement
+//! on a server the first time that server needs it. Statement texts are stored
+//! once, in the registry, and shared by reference by every client.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One distinct statement: text and parameter types, with its pooler-wide name.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// The whole Parse message under the pooler-wide name, ready to send.
+    pub parse: Bytes,
+    /// Offset in `parse` where the name ends and the query text begins.
+    key_at: usize,
+    /// Some server has accepted this statement's Parse.
+    valid: AtomicBool,
+}
+
+impl Statement {
+    /// The pooler-wide name, as a slice of the Parse message (no NUL).
+    pub fn name(&self) -> &[u8] {
+        &self.parse[5..self.key_at - 1]
+    }
+
+    /// Query text and parameter types: what makes two statements the same.
+    pub fn key(&self) -> &[u8] {
+        &self.parse[self.key_at..]
+    }
+
+    /// A server accepted the Parse once: a client's Parse of it can be
+    /// answered without a server.
+    pub fn is_valid(&self) -> bool {
+        self.valid.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_valid(&self) {
+        self.valid.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes this statement holds in memory.
+    pub fn size(&self) -> usize {
+        self.parse.len() + std::mem::size_of::<Statement>()
+    }
+}
+
+/// Pooler-wide name for a statement id.
+pub fn global_name(id: u64) -> String {
+    format!("sluice_{id}")
+}
+
+/// Every distinct statement any client has prepared, bounded in bytes: when
+/// over the limit, statements no client holds any more are forgotten.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+}
+
+struct Inner {
+    by_key: HashMap<Bytes, Arc<Statement>>,
+    next_id: u64,
+    bytes: usize,
+}
+
+impl Registry {
+    pub fn new(max_bytes: usize) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner {
+                by_key: HashMap::new(),
+                next_id: 1,
+                bytes: 0,
+            }),
+            max_bytes,
+        }
+    }
+
+    /// The statement for a Parse body's text and types (`key`), registering it
+    /// on first sight.
+    pub fn get_or_insert(&self, key: &[u8]) -> Arc<Statement> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = inner.by_key.get(key) {
+            return s.clone();
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let name = global_name(id);
+        let mut parse = BytesMut::with_capacity(5 + name.len() + 1 + key.len());
+        parse.put_u8(b'P');
+        parse.put_u32((4 + name.len() + 1 + key.len()) as u32);
+        parse.put_slice(name.as_bytes());
+        parse.put_u8(0);
+        let key_at = parse.len();
+        parse.put_slice(key);
+        let parse = parse.freeze();
+        let statement = Arc::new(Statement {
+            id,
+            parse,
+            key_at,
+            valid: AtomicBool::new(false),
+        });
+        inner.bytes += statement.size() + statement.key().len();
+        if inner.bytes > self.max_bytes {
+            inner.evict_unused();
+        }
+        let stored_key = statement.parse.slice(key_at..);
+        inner.by_key.insert(stored_key, statement.clone());
+        statement
+    }
+
+    /// The statement for `key`, if known and accepted by a server before.
+    pub fn get_valid(&self, key: &[u8]) -> Option<Arc<Statement>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_key.get(key).filter(|s| s.is_valid()).cloned()
+    }
+
+    /// (statements, bytes) held now.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.by_key.len(), inner.bytes)
+    }
+}
+
+impl Inner {
+    fn evict_unused(&mut self) {
+        let mut freed = 0;
+        self.by_key.retain(|_, s| {
+            let keep = Arc::strong_count(s) > 1;
+            if !keep {
+                freed += s.size() + s.key().len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+/// A client's own statement names.
+#[derive(Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
+        self.by_name.insert(name.into(), statement);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    /// The statement with this id, if the client has a name for it.
+    pub fn find(&self, id: u64) -> Option<&Arc<Statement>> {
+        self.by_name.values().find(|s| s.id == id)
+    }
+
+    /// Forgets every name bound to a statement whose Parse failed, as
+    /// PostgreSQL would not have created them.
+    pub fn forget_statement(&mut self, id: u64) {
+        self.by_name.retain(|_, s| s.id != id);
+    }
+}
+
+/// Splits a NUL-terminated name off the front of a message body.
+pub fn split_name(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    Some((&body[..nul], &body[nul + 1..]))
+}
+
+/// Appends a Bind (or another message of the shape prefix, name, rest) with the
+/// statement name replaced.
+pub fn put_renamed(out: &mut BytesMut, tag: u8, prefix: &[u8], name: &[u8], rest: &[u8]) {
+    out.put_u8(tag);
+    out.put_u32((4 + prefix.len() + name.len() + 1 + rest.len()) as u32);
+    out.put_slice(prefix);
+    out.put_slice(name);
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_and_types_share_one_statement() {
+        let r = Registry::new(1 << 20);
+        let a = r.get_or_insert(b"SELECT $1\0\0\x01\0\0\0\x17");
+        let b = r.get_or_insert(b"SELECT $1\0\0\x01\0\0\0\x17");
+        let c = r.get_or_insert(b"SELECT $1\0\0\x01\0\0\0\x19");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_ne!(a.id, c.id);
+        assert_eq!(a.name(), global_name(a.id).as_bytes());
+        assert_eq!(a.key(), b"SELECT $1\0\0\x01\0\0\0\x17");
+        // The Parse message is well formed.
+        let len = u32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize;
+        assert_eq!(len + 1, a.parse.len());
+    }
+
+    #[test]
+    fn unused_statements_are_forgotten_over_the_byte_limit() {
+        let r = Registry::new(2000);
+        let held = r.get_or_insert(b"SELECT 'kept'\0\0\0");
+        for i in 0..100 {
+            drop(r.get_or_insert(format!("SELECT {i}\0\0\0").as_bytes()));
+        }
+        let (n, bytes) = r.usage();
+        assert!(bytes <= 2000 + 200, "{bytes}");
+        assert!(n < 100);
+        let again = r.get_or_insert(b"SELECT 'kept'\0\0\0");
+        assert!(Arc::ptr_eq(&held, &again));
+    }
+
+    #[test]
+    fn renamed_bind() {
+        let mut out = BytesMut::new();
+        put_renamed(&mut out, b'B', b"portal\0", b"sluice_7", b"\0\0\0\0\0\0");
+        assert_eq!(&out[5..], b"portal\0sluice_7\0\0\0\0\0\0\0");
+        assert_eq!(
+            u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1,
+            out.len()
+        );
+    }
+}

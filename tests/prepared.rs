@@ -1,0 +1,265 @@
+//! Named prepared statements in transaction and statement mode: a client's
+//! statements work on whichever server serves its next transaction.
+
+mod support;
+
+use bytes::BytesMut;
+use futures_util::future::join_all;
+use postgres_protocol::message::frontend;
+use support::*;
+
+#[tokio::test]
+async fn many_clients_prepare_on_few_servers() {
+    let addr = pooler("default_pool_size = 4").await;
+    let tasks = (0..40i32).map(|i| async move {
+        let c = connect(addr).await;
+        let double = c.prepare("SELECT $1::int * 2").await.unwrap();
+        let concat = c
+            .prepare("SELECT $1::text || '-' || $2::text")
+            .await
+            .unwrap();
+        for j in 0..20i32 {
+            let v: i32 = c
+                .query_one(&double, &[&(i * 100 + j)])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(v, (i * 100 + j) * 2);
+            let s: String = c
+                .query_one(&concat, &[&i.to_string(), &j.to_string()])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(s, format!("{i}-{j}"));
+            // The plain query() path prepares and closes an unnamed-looking
+            // statement under a fresh name each time.
+            let n: i64 = c
+                .query_one("SELECT $1::bigint + 1", &[&(j as i64)])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, j as i64 + 1);
+        }
+    });
+    join_all(tasks).await;
+}
+
+#[tokio::test]
+async fn pipelined_prepared_queries() {
+    let addr = pooler("default_pool_size = 2").await;
+    let clients = join_all((0..6).map(|_| connect(addr))).await;
+    let work = clients.iter().enumerate().map(|(k, c)| async move {
+        let stmt = c.prepare("SELECT $1::int + $2::int").await.unwrap();
+        let futures = (0..50i32).map(|i| {
+            let stmt = &stmt;
+            async move {
+                c.query_one(stmt, &[&i, &(k as i32)])
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0)
+            }
+        });
+        let got = join_all(futures).await;
+        assert_eq!(got, (0..50).map(|i| i + k as i32).collect::<Vec<_>>());
+    });
+    join_all(work).await;
+}
+
+#[tokio::test]
+async fn statements_are_shared_and_answered_without_a_round_trip() {
+    let addr = pooler("default_pool_size = 1").await;
+    let a = connect(addr).await;
+    let b = connect(addr).await;
+    let sa = a.prepare("SELECT 'shared'::text, $1::int").await.unwrap();
+    let sb = b.prepare("SELECT 'shared'::text, $1::int").await.unwrap();
+    let ra = a.query_one(&sa, &[&1i32]).await.unwrap();
+    let rb = b.query_one(&sb, &[&2i32]).await.unwrap();
+    assert_eq!(
+        (ra.get::<_, String>(0), ra.get::<_, i32>(1)),
+        ("shared".into(), 1)
+    );
+    assert_eq!(
+        (rb.get::<_, String>(0), rb.get::<_, i32>(1)),
+        ("shared".into(), 2)
+    );
+    // One statement on the one server, whatever the two clients called it.
+    let rows = a
+        .query_typed(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT ''shared''::text, $1::int'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+}
+
+#[tokio::test]
+async fn servers_hold_at_most_max_prepared_statements() {
+    let addr = pooler("default_pool_size = 1\nmax_prepared_statements = 3").await;
+    let c = connect(addr).await;
+    let mut stmts = Vec::new();
+    for i in 0..8 {
+        stmts.push(
+            c.prepare(&format!("SELECT {i}::int + $1::int"))
+                .await
+                .unwrap(),
+        );
+    }
+    for round in 0..3 {
+        for (i, s) in stmts.iter().enumerate() {
+            let v: i32 = c.query_one(s, &[&round]).await.unwrap().get(0);
+            assert_eq!(v, i as i32 + round);
+        }
+    }
+    let held: i64 = c
+        .query_typed("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert!(held <= 3, "{held} statements held");
+}
+
+#[tokio::test]
+async fn close_forgets_only_the_clients_name() {
+    let addr = pooler("default_pool_size = 1").await;
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("mine", "SELECT 41 + 1", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs[0].0, b'1');
+    out.clear();
+    frontend::close(b'S', "mine", &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs[0].0, b'3');
+    // The name is gone, as in PostgreSQL.
+    out.clear();
+    bind_no_params("mine", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    let (_, err) = msgs.iter().find(|(t, _)| *t == b'E').expect("error");
+    assert_eq!(error_code(err), "26000");
+}
+
+#[tokio::test]
+async fn failed_parse_leaves_no_statement_and_pipeline_recovers() {
+    let addr = pooler("default_pool_size = 1").await;
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("bad", "SELEC 1", [], &mut out).unwrap();
+    frontend::parse("good", "SELECT 5", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    frontend::parse("good", "SELECT 5", [], &mut out).unwrap();
+    bind_no_params("good", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let first = raw.until_ready().await;
+    let tags: Vec<u8> = first.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        tags, b"EZ",
+        "syntax error, then the second Parse is skipped"
+    );
+    let second = raw.until_ready().await;
+    let tags: Vec<u8> = second.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"12DCZ");
+    out.clear();
+    bind_no_params("bad", &mut out);
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let third = raw.until_ready().await;
+    let (_, err) = third.iter().find(|(t, _)| *t == b'E').expect("error");
+    assert_eq!(error_code(err), "26000");
+}
+
+#[tokio::test]
+async fn deallocate_all_and_discard_all_clear_statements() {
+    let addr = pooler("default_pool_size = 1").await;
+    let c = connect(addr).await;
+    let s = c.prepare("SELECT 1").await.unwrap();
+    c.query_one(&s, &[]).await.unwrap();
+    c.batch_execute("DEALLOCATE ALL").await.unwrap();
+    let e = c.query_one(&s, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("26000"));
+    let s = c.prepare("SELECT 2").await.unwrap();
+    assert_eq!(c.query_one(&s, &[]).await.unwrap().get::<_, i32>(0), 2);
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let s = c.prepare("SELECT 3").await.unwrap();
+    assert_eq!(c.query_one(&s, &[]).await.unwrap().get::<_, i32>(0), 3);
+}
+
+#[tokio::test]
+async fn statement_mode_maps_statements_too() {
+    let addr = pooler("pool_mode = \"statement\"\ndefault_pool_size = 2").await;
+    let clients = join_all((0..5).map(|_| connect(addr))).await;
+    join_all(clients.iter().enumerate().map(|(i, c)| async move {
+        let s = c.prepare("SELECT $1::int * 10").await.unwrap();
+        for _ in 0..20 {
+            assert_eq!(
+                c.query_one(&s, &[&(i as i32)])
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0),
+                i as i32 * 10
+            );
+        }
+    }))
+    .await;
+}
+
+/// Runs pgbench through a pooler and returns its output.
+async fn pgbench(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let bin = cluster().bin.join("pgbench");
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            "app",
+        ])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench failed: {text}");
+    text
+}
+
+#[tokio::test]
+async fn pgbench_prepared_and_extended_have_no_failures() {
+    let seconds = std::env::var("SLUICE_PGBENCH_SECONDS").unwrap_or_else(|_| "30".into());
+    let addr = pooler("default_pool_size = 10").await;
+    // Its own tables: pgbench -i through the pooler.
+    pgbench(addr, &["-i", "-q", "-s", "1"]).await;
+    for mode in ["prepared", "extended"] {
+        let out = pgbench(
+            addr,
+            &["-n", "-M", mode, "-c", "50", "-j", "2", "-T", &seconds],
+        )
+        .await;
+        assert!(
+            out.contains("number of failed transactions: 0 "),
+            "{mode}: {out}"
+        );
+        let processed = out
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next()?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(processed > 0, "{mode}: {out}");
+    }
+}
