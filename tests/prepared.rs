@@ -263,3 +263,70 @@ async fn pgbench_prepared_and_extended_have_no_failures() {
         assert!(processed > 0, "{mode}: {out}");
     }
 }
+
+#[tokio::test]
+async fn schema_change_under_a_prepared_statement_is_retried() {
+    let addr = pooler("default_pool_size = 1").await;
+    let c = connect(addr).await;
+    c.batch_execute("DROP TABLE IF EXISTS plan_t; CREATE TABLE plan_t (a int); INSERT INTO plan_t VALUES (1); GRANT ALL ON plan_t TO PUBLIC")
+        .await
+        .unwrap();
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("all_rows", "SELECT * FROM plan_t", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    raw.until_ready().await;
+    let run = |out: &mut BytesMut| {
+        out.clear();
+        bind_no_params("all_rows", out);
+        frontend::execute("", 0, out).unwrap();
+        frontend::sync(out);
+    };
+    run(&mut out);
+    raw.send(&out).await;
+    let before = raw.until_ready().await;
+    assert_eq!(
+        before.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        b"2DCZ",
+        "{:?}",
+        before
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+            .collect::<Vec<_>>()
+    );
+    c.batch_execute("ALTER TABLE plan_t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    run(&mut out);
+    raw.send(&out).await;
+    let after = raw.until_ready().await;
+    // No error: the statement was prepared again and the row has both columns.
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        b"2DCZ",
+        "{:?}",
+        after
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+            .collect::<Vec<_>>()
+    );
+    let (_, row) = after.iter().find(|(t, _)| *t == b'D').unwrap();
+    assert_eq!(u16::from_be_bytes([row[0], row[1]]), 2);
+    // Inside an explicit transaction PostgreSQL's error stands.
+    out.clear();
+    frontend::query("BEGIN", &mut out).unwrap();
+    raw.send(&out).await;
+    raw.until_ready().await;
+    c.batch_execute("ALTER TABLE plan_t ADD COLUMN c int")
+        .await
+        .unwrap();
+    run(&mut out);
+    raw.send(&out).await;
+    let in_tx = raw.until_ready().await;
+    let (_, err) = in_tx
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("error inside a transaction");
+    assert_eq!(error_code(err), "0A000");
+}

@@ -78,7 +78,35 @@ pub struct Session {
     /// Replies staged for one write to the client when the server's stream
     /// needs cutting (injected replies) or the pooler answers itself.
     to_client: BytesMut,
+    /// The client's last batch, kept in case a schema change makes the server
+    /// refuse a mapped statement's cached plan.
+    replay: Replay,
 }
+
+/// Retrying a batch once after "cached plan must not change result type".
+#[derive(Default)]
+struct Replay {
+    state: ReplayState,
+    /// The batch as the client sent it.
+    bytes: BytesMut,
+    /// Pooler-wide statements it used.
+    statements: Vec<u64>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ReplayState {
+    #[default]
+    Off,
+    /// Recorded; no reply has reached the client yet.
+    Armed,
+    /// The server refused the plan: its replies are cut out up to ReadyForQuery.
+    Swallowing,
+    /// The batch is being sent again; it is not retried a second time.
+    Replaying,
+}
+
+/// Largest batch kept for a retry.
+const MAX_REPLAY: usize = 64 * 1024;
 
 impl Session {
     pub fn new(
@@ -118,6 +146,7 @@ impl Session {
             statements: ClientStatements::default(),
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
+            replay: Replay::default(),
         }
     }
 
@@ -456,6 +485,16 @@ impl Session {
     async fn forward_client(&mut self, srv: &mut ServerConn) -> Result<(), Exit> {
         let mut pos = 0;
         let mut flushed = 0;
+        // A batch sent outside a transaction may be retried once after a
+        // schema change; record it (not when it is itself the retry).
+        let record = self.map_statements
+            && srv.owed.is_empty()
+            && srv.tx_status == b'I'
+            && self.replay.state != ReplayState::Replaying;
+        self.replay.state = ReplayState::Off;
+        self.replay.statements.clear();
+        let mut syncs = 0;
+        let mut last_tag = 0;
         loop {
             let piece = match self.scanner.next(&self.rbuf, pos) {
                 Ok(p) => p,
@@ -494,6 +533,7 @@ impl Session {
                         if self.map_statements
                             && self.map_statement(srv, tag, flushed, pos, len) =>
                     {
+                        last_tag = tag;
                         pos += len;
                         flushed = pos;
                     }
@@ -516,6 +556,8 @@ impl Session {
                     | tag::COPY_DONE
                     | tag::COPY_FAIL => {
                         srv.owed.on_client(tag);
+                        syncs += usize::from(tag == tag::SYNC);
+                        last_tag = tag;
                         pos += len;
                     }
                     other => {
@@ -527,6 +569,16 @@ impl Session {
             }
         }
         self.send_to_server(srv, flushed, pos).await?;
+        if record
+            && syncs == 1
+            && last_tag == tag::SYNC
+            && pos <= MAX_REPLAY
+            && !self.replay.statements.is_empty()
+        {
+            self.replay.bytes.clear();
+            self.replay.bytes.extend_from_slice(&self.rbuf[..pos]);
+            self.replay.state = ReplayState::Armed;
+        }
         self.rbuf.advance(pos);
         // Replies the pooler answers itself are due now if nothing is owed
         // before them.
@@ -567,6 +619,7 @@ impl Session {
                 }
                 let stmt = self.app.statements.get_or_insert(key);
                 self.statements.insert(name, stmt.clone());
+                self.replay.statements.push(stmt.id);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
                 match srv.prepared.lookup(stmt.id, srv.owed.segment()) {
                     Held::Yes => {
@@ -595,6 +648,7 @@ impl Session {
                     return false;
                 };
                 let stmt = stmt.clone();
+                self.replay.statements.push(stmt.id);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
                 ensure_prepared(&mut self.to_server, srv, &stmt, max);
                 let prefix = &body[..portal.len() + 1];
@@ -622,6 +676,7 @@ impl Session {
                 let Some(stmt) = self.statements.get(name).cloned() else {
                     return false;
                 };
+                self.replay.statements.push(stmt.id);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
                 ensure_prepared(&mut self.to_server, srv, &stmt, max);
                 put_renamed(&mut self.to_server, tag::DESCRIBE, b"S", stmt.name(), b"");
@@ -630,6 +685,19 @@ impl Session {
             _ => return false,
         }
         true
+    }
+
+    /// Puts the recorded batch back in front of the client's unread bytes,
+    /// with its statements marked for re-preparing on this server.
+    fn start_replay(&mut self, srv: &mut ServerConn) {
+        tracing::info!(client = %self.peer, db = %self.database, "re-preparing statements after a schema change");
+        for &id in &self.replay.statements {
+            srv.prepared.mark_stale(id);
+        }
+        let mut again = std::mem::take(&mut self.replay.bytes);
+        again.extend_from_slice(&self.rbuf);
+        self.rbuf = again;
+        self.replay.state = ReplayState::Replaying;
     }
 
     /// `DEALLOCATE ALL` and `DISCARD ALL` drop every prepared statement on the
@@ -727,9 +795,19 @@ impl Session {
                             srv.tx_status = body.first().copied().unwrap_or(b'I')
                         }
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
-                        btag::ERROR_RESPONSE if ErrorFields::parse(body).is_fatal() => {
-                            srv.broken = true;
-                            self.server_fatal_sent = true;
+                        btag::ERROR_RESPONSE => {
+                            let fields = ErrorFields::parse(body);
+                            if fields.is_fatal() {
+                                srv.broken = true;
+                                self.server_fatal_sent = true;
+                            } else if self.replay.state == ReplayState::Armed
+                                && fields.code == "0A000"
+                                && fields.message == "cached plan must not change result type"
+                            {
+                                // The schema changed under a mapped statement:
+                                // re-prepare it and send the batch again.
+                                self.replay.state = ReplayState::Swallowing;
+                            }
                         }
                         _ => {}
                     }
@@ -769,12 +847,23 @@ impl Session {
                 self.send_to_client(srv, flushed, pos).await?;
                 return self.refuse_transaction(srv, pos + len).await;
             }
-            if !handled.forward {
-                // A reply to a message the pooler injected: cut it out.
+            let swallowing = self.replay.state == ReplayState::Swallowing;
+            if !handled.forward || swallowing {
+                // A reply to a message the pooler injected, or to a batch it
+                // is about to send again: cut it out.
                 self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
                 flushed = pos + len;
+            } else if self.replay.state == ReplayState::Armed && tag != btag::NOTICE_RESPONSE {
+                // The client has seen part of the answer: no retry any more.
+                self.replay.state = ReplayState::Off;
             }
             pos += len;
+            if idle && swallowing {
+                self.send_to_client(srv, flushed, pos).await?;
+                srv.rbuf.advance(pos);
+                self.start_replay(srv);
+                return Ok(false);
+            }
         }
         self.send_to_client(srv, flushed, pos).await?;
         srv.rbuf.advance(pos);
