@@ -31,7 +31,12 @@ async fn read_until_ready(stream: &mut TcpStream, buf: &mut BytesMut) {
                 break;
             }
             let tag = buf[0];
-            assert_ne!(tag, b'E', "error from sluice: {:?}", String::from_utf8_lossy(&buf[..len]));
+            assert_ne!(
+                tag,
+                b'E',
+                "error from sluice: {:?}",
+                String::from_utf8_lossy(&buf[..len])
+            );
             buf.advance(len);
             if tag == b'Z' {
                 return;
@@ -42,10 +47,15 @@ async fn read_until_ready(stream: &mut TcpStream, buf: &mut BytesMut) {
 }
 
 async fn client(port: u16, statements: Vec<String>) -> (TcpStream, BytesMut) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::startup_message([("user", "trust_user"), ("database", "app")], &mut out)
-        .unwrap();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "trust_user"), ("database", "app")],
+        &mut out,
+    )
+    .unwrap();
     stream.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     read_until_ready(&mut stream, &mut buf).await;
@@ -62,7 +72,10 @@ async fn client(port: u16, statements: Vec<String>) -> (TcpStream, BytesMut) {
 async fn scenario(port: u16, pid: u32, clients: usize, per_client: usize, shared: bool) {
     let started = Instant::now();
     let before = rss_kib(pid);
-    println!("sluice before the clients: RSS {:.1} MiB", before as f64 / 1024.0);
+    println!(
+        "sluice before the clients: RSS {:.1} MiB",
+        before as f64 / 1024.0
+    );
     let mut handles = Vec::new();
     for c in 0..clients {
         let statements: Vec<String> = (0..per_client)
@@ -100,10 +113,18 @@ async fn scenario(port: u16, pid: u32, clients: usize, per_client: usize, shared
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let clients = args.first().copied().unwrap_or(1000);
     let dir = std::env::temp_dir().join(format!("sluice-mem-{}", std::process::id()));
-    let mut cluster = Cluster::start(&dir, 0, "CREATE ROLE trust_user LOGIN; CREATE DATABASE app;").expect("cluster");
+    let mut cluster = Cluster::start(
+        &dir,
+        0,
+        "CREATE ROLE trust_user LOGIN; CREATE DATABASE app;",
+    )
+    .expect("cluster");
     for (per_client, shared) in [(1000, true), (100, false)] {
         let port = free_port();
         let config = dir.join("pooler.toml");
