@@ -16,9 +16,9 @@
 #   CLIENTS    pgbench -c                                  (50)
 #   JOBS       pgbench -j                                  (2)
 #   ROUNDS     interleaved rounds per mode                 (2)
-#   MODES      pgbench -M protocols, space separated       ("simple extended")
-#              ("prepared" cannot work through a transaction pooler that does
-#              not track prepared statements, so it is not a default.)
+#   MODES      pgbench -M protocols, space separated       ("simple extended prepared")
+#              (PgBouncer before 1.21 cannot run "prepared" in transaction
+#              mode; it is skipped there and the summary says so.)
 #   WARMUP     seconds of unrecorded load per target first (3; 0 = skip)
 #   SCALE      pgbench -i -s                               (10)
 #   POOL_SIZE  server pool size for both poolers           (20)
@@ -36,7 +36,7 @@ DURATION="${DURATION:-20}"
 CLIENTS="${CLIENTS:-50}"
 JOBS="${JOBS:-2}"
 ROUNDS="${ROUNDS:-2}"
-MODES="${MODES:-simple extended}"
+MODES="${MODES:-simple extended prepared}"
 WARMUP="${WARMUP:-3}"
 SCALE="${SCALE:-10}"
 POOL_SIZE="${POOL_SIZE:-20}"
@@ -362,9 +362,20 @@ if [[ $WARMUP -gt 0 ]]; then
     done
 fi
 
+# PgBouncer tracks protocol-level prepared statements only from 1.21 on.
+pgbouncer_prepared=yes
+read -r pgb_major pgb_minor < <($PGBOUNCER_BIN --version | head -n1 | grep -oE '[0-9]+\.[0-9]+' | head -n1 | tr . ' ')
+if (( pgb_major == 1 && pgb_minor < 21 )); then
+    pgbouncer_prepared=no
+    echo "# pgbouncer $pgb_major.$pgb_minor cannot run -M prepared in transaction mode: skipped"
+fi
+
 for ((round = 1; round <= ROUNDS; round++)); do
     for mode in $MODES; do
         for target in $TARGETS; do
+            if [[ $mode == prepared && $target == pgbouncer && $pgbouncer_prepared == no ]]; then
+                continue
+            fi
             measure "$round" "$mode" "$target"
         done
     done
@@ -409,4 +420,7 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
             printf "%s: sluice/pgbouncer tps = %s, sluice/pgbouncer CPU per tx = %s, sluice/direct tps = %s\n",
                 M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
         }
+        p = "prepared" SUBSEP "sluice"; e = "extended" SUBSEP "sluice"
+        if (n[p] && n[e])
+            printf "sluice -M prepared / sluice -M extended tps = %s\n", ratio(mtps(p), mtps(e))
     }' "$RESULTS"
