@@ -277,9 +277,12 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     frontend::sync(&mut out);
     raw.send(&out).await;
     raw.until_ready().await;
+    // Bind, Describe of the portal, Execute: the client learns the row shape
+    // from this batch, so a retry cannot surprise it.
     let run = |out: &mut BytesMut| {
         out.clear();
         bind_no_params("all_rows", out);
+        frontend::describe(b'P', "", out).unwrap();
         frontend::execute("", 0, out).unwrap();
         frontend::sync(out);
     };
@@ -288,7 +291,7 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     let before = raw.until_ready().await;
     assert_eq!(
         before.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"2DCZ",
+        b"2TDCZ",
         "{:?}",
         before
             .iter()
@@ -304,7 +307,7 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     // No error: the statement was prepared again and the row has both columns.
     assert_eq!(
         after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"2DCZ",
+        b"2TDCZ",
         "{:?}",
         after
             .iter()
@@ -329,4 +332,26 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
         .find(|(t, _)| *t == b'E')
         .expect("error inside a transaction");
     assert_eq!(error_code(err), "0A000");
+}
+
+#[tokio::test]
+async fn schema_change_without_describe_reaches_the_client() {
+    // A client that decodes rows with a description it cached must see
+    // PostgreSQL's error, as it would without a pooler, and re-prepare.
+    let addr = pooler("default_pool_size = 1").await;
+    let c = connect(addr).await;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS plan_u; CREATE TABLE plan_u (a int); INSERT INTO plan_u VALUES (1)",
+    )
+    .await
+    .unwrap();
+    let stmt = c.prepare("SELECT * FROM plan_u").await.unwrap();
+    assert_eq!(c.query(&stmt, &[]).await.unwrap().len(), 1);
+    c.batch_execute("ALTER TABLE plan_u ADD COLUMN b int")
+        .await
+        .unwrap();
+    let e = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
+    let fresh = c.prepare("SELECT * FROM plan_u").await.unwrap();
+    assert_eq!(c.query(&fresh, &[]).await.unwrap()[0].len(), 2);
 }

@@ -9,7 +9,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One distinct statement: text and parameter types, with its pooler-wide name.
@@ -22,6 +22,12 @@ pub struct Statement {
     key_at: usize,
     /// Some server has accepted this statement's Parse.
     valid: AtomicBool,
+    /// The version clients preparing it now get. A version is what servers
+    /// hold, under the name `sluice_<version>`; a schema change that makes a
+    /// server refuse the cached plan starts a new version, so that new Parses
+    /// get a fresh plan while clients still bound to the old version keep
+    /// getting PostgreSQL's error (their cached row descriptions are stale).
+    version: AtomicU64,
 }
 
 impl Statement {
@@ -43,6 +49,27 @@ impl Statement {
 
     pub fn mark_valid(&self) {
         self.valid.store(true, Ordering::Relaxed);
+    }
+
+    /// The version a Parse of this statement gets now.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// The Parse message that prepares `version` of this statement.
+    pub fn parse_for(&self, version: u64) -> Bytes {
+        if version == self.id {
+            return self.parse.clone();
+        }
+        let name = global_name(version);
+        let key = self.key();
+        let mut parse = BytesMut::with_capacity(5 + name.len() + 1 + key.len());
+        parse.put_u8(b'P');
+        parse.put_u32((4 + name.len() + 1 + key.len()) as u32);
+        parse.put_slice(name.as_bytes());
+        parse.put_u8(0);
+        parse.put_slice(key);
+        parse.freeze()
     }
 
     /// Bytes this statement holds in memory.
@@ -104,6 +131,7 @@ impl Registry {
             parse,
             key_at,
             valid: AtomicBool::new(false),
+            version: AtomicU64::new(id),
         });
         inner.bytes += statement.size() + statement.key().len();
         if inner.bytes > self.max_bytes {
@@ -118,6 +146,19 @@ impl Registry {
     pub fn get_valid(&self, key: &[u8]) -> Option<Arc<Statement>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.by_key.get(key).filter(|s| s.is_valid()).cloned()
+    }
+
+    /// Starts a new version of `statement` after a schema change, unless one
+    /// was started since `seen`; returns the current version.
+    pub fn new_version(&self, statement: &Statement, seen: u64) -> u64 {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if statement.version() != seen {
+            return statement.version();
+        }
+        let version = inner.next_id;
+        inner.next_id += 1;
+        statement.version.store(version, Ordering::Relaxed);
+        version
     }
 
     /// (statements, bytes) held now.
@@ -141,19 +182,33 @@ impl Inner {
     }
 }
 
+/// A client's statement: the pooler-wide statement and the version of it the
+/// client prepared.
+#[derive(Clone)]
+pub struct Bound {
+    pub statement: Arc<Statement>,
+    pub version: u64,
+}
+
 /// A client's own statement names.
 #[derive(Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    by_name: HashMap<Box<[u8]>, Bound>,
 }
 
 impl ClientStatements {
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+    pub fn get(&self, name: &[u8]) -> Option<&Bound> {
         self.by_name.get(name)
     }
 
-    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
-        self.by_name.insert(name.into(), statement);
+    /// Binds `name` to the current version of `statement`; returns it.
+    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) -> Bound {
+        let bound = Bound {
+            version: statement.version(),
+            statement,
+        };
+        self.by_name.insert(name.into(), bound.clone());
+        bound
     }
 
     pub fn remove(&mut self, name: &[u8]) {
@@ -164,15 +219,28 @@ impl ClientStatements {
         self.by_name.clear();
     }
 
-    /// The statement with this id, if the client has a name for it.
-    pub fn find(&self, id: u64) -> Option<&Arc<Statement>> {
-        self.by_name.values().find(|s| s.id == id)
+    /// The statement whose `version` the client has a name for.
+    pub fn find(&self, version: u64) -> Option<&Arc<Statement>> {
+        self.by_name
+            .values()
+            .find(|b| b.version == version)
+            .map(|b| &b.statement)
     }
 
-    /// Forgets every name bound to a statement whose Parse failed, as
+    /// Moves every name bound to `old` to `new` (a retried batch after a
+    /// schema change gets the fresh version).
+    pub fn upgrade(&mut self, old: u64, new: u64) {
+        for b in self.by_name.values_mut() {
+            if b.version == old {
+                b.version = new;
+            }
+        }
+    }
+
+    /// Forgets every name bound to a version whose Parse failed, as
     /// PostgreSQL would not have created them.
-    pub fn forget_statement(&mut self, id: u64) {
-        self.by_name.retain(|_, s| s.id != id);
+    pub fn forget_version(&mut self, version: u64) {
+        self.by_name.retain(|_, b| b.version != version);
     }
 }
 

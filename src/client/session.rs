@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cancel::{CancelSlot, ServerKey};
-use super::prepared::{global_name, put_renamed, split_name, ClientStatements, Statement};
+use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
 use crate::app::App;
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, PooledServer, ServerPool};
@@ -494,6 +494,7 @@ impl Session {
         self.replay.state = ReplayState::Off;
         self.replay.statements.clear();
         let mut syncs = 0;
+        let mut describes = 0;
         let mut last_tag = 0;
         loop {
             let piece = match self.scanner.next(&self.rbuf, pos) {
@@ -533,6 +534,7 @@ impl Session {
                         if self.map_statements
                             && self.map_statement(srv, tag, flushed, pos, len) =>
                     {
+                        describes += usize::from(tag == tag::DESCRIBE);
                         last_tag = tag;
                         pos += len;
                         flushed = pos;
@@ -557,6 +559,7 @@ impl Session {
                     | tag::COPY_FAIL => {
                         srv.owed.on_client(tag);
                         syncs += usize::from(tag == tag::SYNC);
+                        describes += usize::from(tag == tag::DESCRIBE);
                         last_tag = tag;
                         pos += len;
                     }
@@ -569,7 +572,11 @@ impl Session {
             }
         }
         self.send_to_server(srv, flushed, pos).await?;
+        // Only a batch that asks for a fresh row description is retried: a
+        // client that decodes rows with a description it cached (asyncpg,
+        // pgjdbc) must see PostgreSQL's error and re-prepare by itself.
         if record
+            && describes > 0
             && syncs == 1
             && last_tag == tag::SYNC
             && pos <= MAX_REPLAY
@@ -618,20 +625,20 @@ impl Session {
                     return false;
                 }
                 let stmt = self.app.statements.get_or_insert(key);
-                self.statements.insert(name, stmt.clone());
-                self.replay.statements.push(stmt.id);
+                let bound = self.statements.insert(name, stmt);
+                self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
-                match srv.prepared.lookup(stmt.id, srv.owed.segment()) {
+                match srv.prepared.lookup(bound.version, srv.owed.segment()) {
                     Held::Yes => {
                         // Already there: answer without a round trip.
-                        srv.prepared.touch(stmt.id);
+                        srv.prepared.touch(bound.version);
                         srv.owed.push(Reply::Synthetic(btag::PARSE_COMPLETE));
                     }
                     Held::Uncertain => {
-                        close_on(&mut self.to_server, srv, stmt.id);
-                        prepare_on(&mut self.to_server, srv, &stmt, true, max);
+                        close_on(&mut self.to_server, srv, bound.version);
+                        prepare_on(&mut self.to_server, srv, &bound, true, max);
                     }
-                    Held::No => prepare_on(&mut self.to_server, srv, &stmt, true, max),
+                    Held::No => prepare_on(&mut self.to_server, srv, &bound, true, max),
                 }
             }
             tag::BIND => {
@@ -641,19 +648,27 @@ impl Session {
                 let Some((name, rest)) = split_name(rest) else {
                     return false;
                 };
-                let Some(stmt) = (!name.is_empty())
+                let Some(bound) = (!name.is_empty())
                     .then(|| self.statements.get(name))
                     .flatten()
+                    .cloned()
                 else {
                     return false;
                 };
-                let stmt = stmt.clone();
-                self.replay.statements.push(stmt.id);
+                self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
-                ensure_prepared(&mut self.to_server, srv, &stmt, max);
+                ensure_prepared(&mut self.to_server, srv, &bound, max);
                 let prefix = &body[..portal.len() + 1];
-                put_renamed(&mut self.to_server, tag::BIND, prefix, stmt.name(), rest);
-                srv.owed.push(Reply::BindComplete);
+                put_renamed(
+                    &mut self.to_server,
+                    tag::BIND,
+                    prefix,
+                    &server_name(&bound),
+                    rest,
+                );
+                srv.owed.push(Reply::BindComplete {
+                    stmt: Some(bound.version),
+                });
             }
             tag::DESCRIBE | tag::CLOSE => {
                 let Some((&kind, rest)) = body.split_first() else {
@@ -673,13 +688,19 @@ impl Session {
                     srv.owed.push(Reply::Synthetic(btag::CLOSE_COMPLETE));
                     return true;
                 }
-                let Some(stmt) = self.statements.get(name).cloned() else {
+                let Some(bound) = self.statements.get(name).cloned() else {
                     return false;
                 };
-                self.replay.statements.push(stmt.id);
+                self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
-                ensure_prepared(&mut self.to_server, srv, &stmt, max);
-                put_renamed(&mut self.to_server, tag::DESCRIBE, b"S", stmt.name(), b"");
+                ensure_prepared(&mut self.to_server, srv, &bound, max);
+                put_renamed(
+                    &mut self.to_server,
+                    tag::DESCRIBE,
+                    b"S",
+                    &server_name(&bound),
+                    b"",
+                );
                 srv.owed.push(Reply::Describe);
             }
             _ => return false,
@@ -687,13 +708,10 @@ impl Session {
         true
     }
 
-    /// Puts the recorded batch back in front of the client's unread bytes,
-    /// with its statements marked for re-preparing on this server.
-    fn start_replay(&mut self, srv: &mut ServerConn) {
+    /// Puts the recorded batch back in front of the client's unread bytes; its
+    /// statements have moved to a new version, which this server lacks.
+    fn start_replay(&mut self) {
         tracing::info!(client = %self.peer, db = %self.database, "re-preparing statements after a schema change");
-        for &id in &self.replay.statements {
-            srv.prepared.mark_stale(id);
-        }
         let mut again = std::mem::take(&mut self.replay.bytes);
         again.extend_from_slice(&self.rbuf);
         self.rbuf = again;
@@ -760,6 +778,7 @@ impl Session {
         // Start of the raw run not yet staged or sent.
         let mut flushed = 0;
         let mut idle = false;
+        let mut plan_changed = false;
         while !idle {
             // The pooler's own replies go out as soon as everything owed
             // before them has been forwarded.
@@ -797,13 +816,12 @@ impl Session {
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
                         btag::ERROR_RESPONSE => {
                             let fields = ErrorFields::parse(body);
+                            plan_changed = fields.code == "0A000"
+                                && fields.message == "cached plan must not change result type";
                             if fields.is_fatal() {
                                 srv.broken = true;
                                 self.server_fatal_sent = true;
-                            } else if self.replay.state == ReplayState::Armed
-                                && fields.code == "0A000"
-                                && fields.message == "cached plan must not change result type"
-                            {
+                            } else if self.replay.state == ReplayState::Armed && plan_changed {
                                 // The schema changed under a mapped statement:
                                 // re-prepare it and send the batch again.
                                 self.replay.state = ReplayState::Swallowing;
@@ -835,9 +853,23 @@ impl Session {
                 }
             }
             if tag == btag::ERROR_RESPONSE {
+                if plan_changed {
+                    // The schema changed under this statement: new Parses get
+                    // a new version with a fresh plan; a batch about to be
+                    // retried moves to it too.
+                    if let Some(old) = srv.owed.error_on_bind() {
+                        if let Some(stmt) = self.statements.find(old).cloned() {
+                            let new = self.app.statements.new_version(&stmt, old);
+                            if self.replay.state == ReplayState::Swallowing {
+                                self.statements.upgrade(old, new);
+                            }
+                        }
+                    }
+                    plan_changed = false;
+                }
                 for id in srv.owed.take_failed_parses() {
                     srv.prepared.remove(id);
-                    self.statements.forget_statement(id);
+                    self.statements.forget_version(id);
                 }
             }
             idle = handled.progress == Progress::Idle;
@@ -861,7 +893,7 @@ impl Session {
             if idle && swallowing {
                 self.send_to_client(srv, flushed, pos).await?;
                 srv.rbuf.advance(pos);
-                self.start_replay(srv);
+                self.start_replay();
                 return Ok(false);
             }
         }
@@ -994,37 +1026,46 @@ fn listen_refusal(tag: u8, body: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Prepares `stmt` on the server: its Parse goes out under the pooler-wide
-/// name; the client sees the ParseComplete only when it asked for the Parse.
+/// Prepares the client's version of a statement on the server; the client
+/// sees the ParseComplete only when it asked for the Parse.
 fn prepare_on(
     out: &mut BytesMut,
     srv: &mut ServerConn,
-    stmt: &Statement,
+    bound: &Bound,
     client_asked: bool,
     max: usize,
 ) {
     let segment = srv.owed.segment();
-    if let Some(evicted) = srv.prepared.insert_pending(stmt.id, segment, max) {
+    if let Some(evicted) = srv.prepared.insert_pending(bound.version, segment, max) {
         close_on(out, srv, evicted);
     }
-    out.extend_from_slice(&stmt.parse);
+    out.extend_from_slice(&bound.statement.parse_for(bound.version));
     srv.owed.push(Reply::ParseComplete {
-        stmt: Some(stmt.id),
+        stmt: Some(bound.version),
         forward: client_asked,
     });
 }
 
-/// Injects a Parse before a Bind or Describe on a server that lacks `stmt`.
-/// A statement whose Parse went out in an earlier segment may yet fail, so it
-/// is closed (a no-op if it does not exist) and prepared again.
-fn ensure_prepared(out: &mut BytesMut, srv: &mut ServerConn, stmt: &Statement, max: usize) {
-    match srv.prepared.lookup(stmt.id, srv.owed.segment()) {
-        Held::Yes => srv.prepared.touch(stmt.id),
+/// Injects a Parse before a Bind or Describe on a server that lacks the
+/// statement. One whose Parse went out in an earlier segment may yet fail, so
+/// it is closed (a no-op if it does not exist) and prepared again.
+fn ensure_prepared(out: &mut BytesMut, srv: &mut ServerConn, bound: &Bound, max: usize) {
+    match srv.prepared.lookup(bound.version, srv.owed.segment()) {
+        Held::Yes => srv.prepared.touch(bound.version),
         Held::Uncertain => {
-            close_on(out, srv, stmt.id);
-            prepare_on(out, srv, stmt, false, max);
+            close_on(out, srv, bound.version);
+            prepare_on(out, srv, bound, false, max);
         }
-        Held::No => prepare_on(out, srv, stmt, false, max),
+        Held::No => prepare_on(out, srv, bound, false, max),
+    }
+}
+
+/// The name a server knows the client's version of a statement by.
+fn server_name(bound: &Bound) -> std::borrow::Cow<'_, [u8]> {
+    if bound.version == bound.statement.id {
+        std::borrow::Cow::Borrowed(bound.statement.name())
+    } else {
+        std::borrow::Cow::Owned(global_name(bound.version).into_bytes())
     }
 }
 

@@ -17,15 +17,11 @@ pub enum Reply {
     /// ParseComplete. `stmt` is the pooler-wide statement the Parse prepares;
     /// `forward` is false for a Parse the pooler injected, whose reply the
     /// client must not see.
-    ParseComplete {
-        stmt: Option<u64>,
-        forward: bool,
-    },
-    BindComplete,
+    ParseComplete { stmt: Option<u64>, forward: bool },
+    /// BindComplete; `stmt` is the pooler-wide statement bound, if mapped.
+    BindComplete { stmt: Option<u64> },
     /// CloseComplete; `forward` is false for a Close the pooler injected.
-    CloseComplete {
-        forward: bool,
-    },
+    CloseComplete { forward: bool },
     /// RowDescription or NoData (after a ParameterDescription for a statement).
     Describe,
     /// CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -90,6 +86,8 @@ pub struct Owed {
     failed_parses: Vec<u64>,
     /// Syncs sent so far: numbers the segments an error can skip to the end of.
     syncs: u64,
+    /// What was owed first when the last ErrorResponse arrived.
+    error_at: Option<Reply>,
 }
 
 impl Owed {
@@ -99,6 +97,7 @@ impl Owed {
             copy_in: false,
             failed_parses: Vec::new(),
             syncs: 0,
+            error_at: None,
         }
     }
 
@@ -118,7 +117,7 @@ impl Owed {
                 stmt: None,
                 forward: true,
             },
-            tag::BIND => Reply::BindComplete,
+            tag::BIND => Reply::BindComplete { stmt: None },
             tag::CLOSE => Reply::CloseComplete { forward: true },
             tag::DESCRIBE => Reply::Describe,
             tag::EXECUTE => Reply::Execute,
@@ -143,6 +142,14 @@ impl Owed {
     /// one it will write itself.
     pub fn push(&mut self, reply: Reply) {
         self.queue.push_back(reply);
+    }
+
+    /// The statement a Bind named when the last error answered that Bind.
+    pub fn error_on_bind(&self) -> Option<u64> {
+        match self.error_at {
+            Some(Reply::BindComplete { stmt }) => stmt,
+            _ => None,
+        }
     }
 
     /// Takes the pooler's own reply at the front of the queue, if it is due.
@@ -188,7 +195,7 @@ impl Owed {
                     prepared: None,
                 });
             }
-            (btag::BIND_COMPLETE, Some(Reply::BindComplete)) => {
+            (btag::BIND_COMPLETE, Some(Reply::BindComplete { .. })) => {
                 self.queue.pop_front();
             }
             (btag::PARAMETER_DESCRIPTION, Some(Reply::Describe)) => {}
@@ -218,6 +225,7 @@ impl Owed {
             (btag::FUNCTION_CALL_RESPONSE, Some(Reply::FunctionCall)) => {}
             (btag::ERROR_RESPONSE, _) => {
                 self.copy_in = false;
+                self.error_at = front;
                 match front {
                     // A simple query or function call still ends in ReadyForQuery.
                     Some(Reply::Query | Reply::FunctionCall) | None => {}

@@ -74,13 +74,6 @@ impl HeldStatements {
         }
     }
 
-    /// The server holds a version of this statement that must be closed and
-    /// prepared again (its cached plan no longer fits the schema).
-    pub fn mark_stale(&mut self, id: u64) {
-        self.clock += 1;
-        self.used.insert(id, (self.clock, State::Pending(u64::MAX)));
-    }
-
     pub fn remove(&mut self, id: u64) {
         self.used.remove(&id);
     }
