@@ -343,9 +343,17 @@ async fn min_pool_size_keeps_servers_open() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        n, 3,
-        "the maintenance task opens servers up to min_pool_size"
+    // At least min_pool_size: a checkout racing the maintenance task can make
+    // it open one more than needed.
+    assert!(
+        (3..=4).contains(&n),
+        "the maintenance task opens servers up to min_pool_size, found {n}"
+    );
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        server_count(&primary, "warm_role").await >= 3,
+        "idle servers are kept"
     );
 }
 

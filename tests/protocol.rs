@@ -504,3 +504,25 @@ async fn normalised_parameter_values_are_reported() {
         .expect("DateStyle reported after the server normalised it");
     assert!(String::from_utf8_lossy(&status.1).contains("ISO, MDY"));
 }
+
+#[tokio::test]
+async fn reset_all_does_not_leave_sluice_guessing_parameters() {
+    let addr = pooler("default_pool_size = 1").await;
+    let conn = format!(
+        "{} options='-c search_path=pg_catalog'",
+        conn_string(addr, "app", APP_PASSWORD, "app")
+    );
+    let (a, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    a.batch_execute("RESET ALL").await.unwrap();
+    // The next transaction has the client's startup setting again, as the
+    // session default it is in PostgreSQL.
+    let v = a.simple_query("SHOW search_path").await.unwrap();
+    let shown = v.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(shown.as_deref(), Some("pg_catalog"));
+}

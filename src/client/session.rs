@@ -540,7 +540,7 @@ impl Session {
                         flushed = pos;
                     }
                     tag::QUERY => {
-                        if self.map_statements {
+                        if self.mode != PoolMode::Session {
                             self.forget_on_deallocate_all(srv, pos, len);
                         }
                         srv.owed.on_client(tag);
@@ -720,11 +720,25 @@ impl Session {
 
     /// `DEALLOCATE ALL` and `DISCARD ALL` drop every prepared statement on the
     /// server and in the client's session.
+    /// Also `RESET ALL`: the server's parameters go back to its defaults, so
+    /// what sluice set there is forgotten and set again at the next sync.
     fn forget_on_deallocate_all(&mut self, srv: &mut ServerConn, start: usize, len: usize) {
         let sql = &self.rbuf[start + HEADER_LEN..start + len];
-        if drops_all_statements(sql) {
+        // The cheap first-keyword test keeps the common query free of work.
+        let first = crate::router::first_keyword(sql);
+        let candidate = ["DISCARD", "DEALLOCATE", "RESET"]
+            .iter()
+            .any(|w| first.eq_ignore_ascii_case(w.as_bytes()));
+        if !candidate {
+            return;
+        }
+        let (statements, parameters) = drops_all_state(sql);
+        if statements && self.map_statements {
             srv.prepared.clear();
             self.statements.clear();
+        }
+        if parameters {
+            srv.overrides = ParamMap::new();
         }
     }
 
@@ -1086,16 +1100,20 @@ fn put_empty_message(out: &mut BytesMut, tag: u8) {
     out.put_u32(4);
 }
 
-/// True for `DEALLOCATE [PREPARE] ALL` and `DISCARD ALL`.
-fn drops_all_statements(sql: &[u8]) -> bool {
+/// What a statement drops: (prepared statements, session parameters), for
+/// `DEALLOCATE [PREPARE] ALL`, `DISCARD ALL` and `RESET ALL`.
+fn drops_all_state(sql: &[u8]) -> (bool, bool) {
     let words = crate::router::keywords(sql, 3);
     let is = |i: usize, w: &str| {
         words
             .get(i)
             .is_some_and(|k| k.eq_ignore_ascii_case(w.as_bytes()))
     };
-    (is(0, "DISCARD") && is(1, "ALL"))
-        || (is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL"))))
+    let discard_all = is(0, "DISCARD") && is(1, "ALL");
+    let deallocate_all =
+        is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL")));
+    let reset_all = is(0, "RESET") && is(1, "ALL");
+    (discard_all || deallocate_all, discard_all || reset_all)
 }
 
 /// Reads more bytes; false on end of stream or error.

@@ -199,15 +199,18 @@ impl ServerPool {
         for conn in removed.removed {
             tokio::spawn(conn.terminate());
         }
-        if self.inner.status().size < self.min_size {
-            // Holding `min_size` connections at once makes deadpool open the
-            // missing ones; a zero wait never blocks on busy pools.
+        let status = self.inner.status();
+        if status.size < self.min_size {
+            // deadpool opens a connection only when no idle one is left, so
+            // hold every idle one plus the missing number at once; a zero wait
+            // never blocks on a busy pool.
+            let want = self.min_size - status.size + status.available;
             let now = Timeouts {
                 wait: Some(Duration::ZERO),
                 ..self.timeouts
             };
-            let mut held = Vec::with_capacity(self.min_size);
-            for _ in 0..self.min_size {
+            let mut held = Vec::with_capacity(want);
+            for _ in 0..want {
                 match self.inner.timeout_get(&now).await {
                     Ok(c) => held.push(c),
                     Err(PoolError::Timeout(_)) => break,
