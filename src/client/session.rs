@@ -765,18 +765,7 @@ impl Session {
         from: usize,
         to: usize,
     ) -> Result<(), Exit> {
-        let result = if self.to_server.is_empty() {
-            if to > from {
-                srv.stream.write_all(&self.rbuf[from..to]).await
-            } else {
-                Ok(())
-            }
-        } else {
-            self.to_server.extend_from_slice(&self.rbuf[from..to]);
-            let r = srv.stream.write_all(&self.to_server).await;
-            self.to_server.clear();
-            r
-        };
+        let result = write_staged(&mut srv.stream, &mut self.to_server, &self.rbuf[from..to]).await;
         if let Err(e) = result {
             tracing::debug!(server = %srv.peer, "write to server failed: {e}");
             srv.broken = true;
@@ -973,18 +962,7 @@ impl Session {
         from: usize,
         to: usize,
     ) -> Result<(), Exit> {
-        let result = if self.to_client.is_empty() {
-            if to > from {
-                self.stream.write_all(&srv.rbuf[from..to]).await
-            } else {
-                Ok(())
-            }
-        } else {
-            self.to_client.extend_from_slice(&srv.rbuf[from..to]);
-            let r = self.stream.write_all(&self.to_client).await;
-            self.to_client.clear();
-            r
-        };
+        let result = write_staged(&mut self.stream, &mut self.to_client, &srv.rbuf[from..to]).await;
         result.map_err(|_| Exit::Gone)
     }
 
@@ -1114,6 +1092,26 @@ fn drops_all_state(sql: &[u8]) -> (bool, bool) {
         is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL")));
     let reset_all = is(0, "RESET") && is(1, "ALL");
     (discard_all || deallocate_all, discard_all || reset_all)
+}
+
+/// Writes `staged` followed by `raw` in one write: straight from the read
+/// buffer when nothing is staged (the common case, no copy), else appended.
+async fn write_staged(
+    stream: &mut TcpStream,
+    staged: &mut BytesMut,
+    raw: &[u8],
+) -> std::io::Result<()> {
+    if staged.is_empty() {
+        return if raw.is_empty() {
+            Ok(())
+        } else {
+            stream.write_all(raw).await
+        };
+    }
+    staged.extend_from_slice(raw);
+    let result = stream.write_all(staged).await;
+    staged.clear();
+    result
 }
 
 /// Reads more bytes; false on end of stream or error.
