@@ -355,3 +355,51 @@ async fn schema_change_without_describe_reaches_the_client() {
     let fresh = c.prepare("SELECT * FROM plan_u").await.unwrap();
     assert_eq!(c.query(&fresh, &[]).await.unwrap()[0].len(), 2);
 }
+
+#[tokio::test]
+async fn sql_prepare_execute_deallocate_across_servers() {
+    let addr = pooler("default_pool_size = 3").await;
+    let a = connect(addr).await;
+    let b = connect(addr).await;
+    a.batch_execute("PREPARE triple (int) AS SELECT $1 * 3")
+        .await
+        .unwrap();
+    // Another client can use the same name for something else.
+    b.batch_execute("PREPARE triple AS SELECT 'not mine'")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        // Keep the other servers busy so executions move between servers.
+        let holders = join_all((0..2).map(|_| connect(addr))).await;
+        let busy = join_all(
+            holders
+                .iter()
+                .map(|h| h.simple_query("SELECT pg_sleep(0.02)")),
+        );
+        let (_, got) = tokio::join!(busy, first_value(&a, "EXECUTE triple(5)"));
+        assert_eq!(got.as_deref(), Some("15"));
+        assert_eq!(
+            first_value(&b, "EXECUTE triple").await.as_deref(),
+            Some("not mine")
+        );
+    }
+    a.batch_execute("DEALLOCATE triple").await.unwrap();
+    let e = a.simple_query("EXECUTE triple(5)").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("26000"));
+    assert_eq!(
+        first_value(&b, "EXECUTE triple").await.as_deref(),
+        Some("not mine")
+    );
+}
+
+/// The first column of the first row a simple query returns.
+async fn first_value(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+}

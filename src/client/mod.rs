@@ -4,6 +4,7 @@ pub mod cancel;
 pub mod login;
 pub mod prepared;
 pub mod session;
+pub mod sql_prepared;
 
 use bytes::BytesMut;
 use std::net::SocketAddr;

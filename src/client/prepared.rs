@@ -161,6 +161,14 @@ impl Registry {
         version
     }
 
+    /// A fresh id from the same counter as statement versions.
+    pub fn fresh_id(&self) -> u64 {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let id = inner.next_id;
+        inner.next_id += 1;
+        id
+    }
+
     /// (statements, bytes) held now.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::cancel::{CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
+use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, PooledServer, ServerPool};
@@ -73,6 +74,7 @@ pub struct Session {
     map_statements: bool,
     max_prepared: usize,
     statements: ClientStatements,
+    sql_statements: SqlStatements,
     /// Rewritten messages staged for one write to the server.
     to_server: BytesMut,
     /// Replies staged for one write to the client when the server's stream
@@ -144,6 +146,7 @@ impl Session {
             map_statements,
             max_prepared,
             statements: ClientStatements::default(),
+            sql_statements: SqlStatements::default(),
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             replay: Replay::default(),
@@ -539,6 +542,13 @@ impl Session {
                         pos += len;
                         flushed = pos;
                     }
+                    tag::QUERY
+                        if self.map_statements
+                            && self.map_sql_statement(srv, flushed, pos, len) =>
+                    {
+                        pos += len;
+                        flushed = pos;
+                    }
                     tag::QUERY => {
                         if self.mode != PoolMode::Session {
                             self.forget_on_deallocate_all(srv, pos, len);
@@ -720,6 +730,97 @@ impl Session {
 
     /// `DEALLOCATE ALL` and `DISCARD ALL` drop every prepared statement on the
     /// server and in the client's session.
+    /// Rewrites a single SQL-level PREPARE, EXECUTE or DEALLOCATE onto the
+    /// client's server-side name, replaying the PREPARE first on a server that
+    /// lacks it. False when the Query is anything else or names a statement
+    /// the client never prepared (the server then answers as PostgreSQL would).
+    fn map_sql_statement(
+        &mut self,
+        srv: &mut ServerConn,
+        flushed: usize,
+        start: usize,
+        len: usize,
+    ) -> bool {
+        let body = &self.rbuf[start + HEADER_LEN..start + len];
+        let Some(command) = sql_prepared::parse(body) else {
+            return false;
+        };
+        let max = self.max_prepared;
+        let sql: Vec<u8> = match command {
+            SqlCommand::Prepare { name, rest } => {
+                let statement = SqlStatement {
+                    id: self.app.statements.fresh_id(),
+                    rest: rest.into(),
+                };
+                let sql = statement.prepare_query();
+                if let Some(evicted) =
+                    srv.prepared
+                        .insert_pending(statement.id, srv.owed.segment(), max)
+                {
+                    self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                    close_on(&mut self.to_server, srv, evicted);
+                    self.sql_statements.insert(name, statement);
+                    put_query(&mut self.to_server, &sql);
+                    srv.owed.on_client(tag::QUERY);
+                    return true;
+                }
+                self.sql_statements.insert(name, statement);
+                sql
+            }
+            SqlCommand::Execute { name, rest } => {
+                let Some(statement) = self.sql_statements.get(&name).cloned() else {
+                    return false;
+                };
+                let mut sql = format!("EXECUTE {}", global_name(statement.id)).into_bytes();
+                sql.extend_from_slice(rest);
+                self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                self.ensure_sql_prepared(srv, &statement);
+                put_query(&mut self.to_server, &sql);
+                srv.owed.on_client(tag::QUERY);
+                return true;
+            }
+            SqlCommand::Deallocate { name } => {
+                let Some(statement) = self.sql_statements.get(&name).cloned() else {
+                    return false;
+                };
+                self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                self.ensure_sql_prepared(srv, &statement);
+                self.sql_statements.remove(&name);
+                srv.prepared.remove(statement.id);
+                put_query(
+                    &mut self.to_server,
+                    format!("DEALLOCATE {}", global_name(statement.id)).as_bytes(),
+                );
+                srv.owed.on_client(tag::QUERY);
+                return true;
+            }
+        };
+        self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+        put_query(&mut self.to_server, &sql);
+        srv.owed.on_client(tag::QUERY);
+        true
+    }
+
+    /// Replays a client's PREPARE on a server that lacks it.
+    fn ensure_sql_prepared(&mut self, srv: &mut ServerConn, statement: &SqlStatement) {
+        let held = srv.prepared.lookup(statement.id, srv.owed.segment());
+        if held == Held::Yes {
+            srv.prepared.touch(statement.id);
+            return;
+        }
+        if held == Held::Uncertain {
+            close_on(&mut self.to_server, srv, statement.id);
+        }
+        if let Some(evicted) =
+            srv.prepared
+                .insert_pending(statement.id, srv.owed.segment(), self.max_prepared)
+        {
+            close_on(&mut self.to_server, srv, evicted);
+        }
+        put_query(&mut self.to_server, &statement.prepare_query());
+        srv.owed.push(Reply::InjectedQuery);
+    }
+
     /// Also `RESET ALL`: the server's parameters go back to its defaults, so
     /// what sluice set there is forgotten and set again at the next sync.
     fn forget_on_deallocate_all(&mut self, srv: &mut ServerConn, start: usize, len: usize) {
@@ -736,6 +837,7 @@ impl Session {
         if statements && self.map_statements {
             srv.prepared.clear();
             self.statements.clear();
+            self.sql_statements.clear();
         }
         if parameters {
             srv.overrides = ParamMap::new();
@@ -1070,6 +1172,14 @@ fn close_on(out: &mut BytesMut, srv: &mut ServerConn, id: u64) {
     out.put_slice(name.as_bytes());
     out.put_u8(0);
     srv.owed.push(Reply::CloseComplete { forward: false });
+}
+
+/// Appends a simple Query message with this text.
+fn put_query(out: &mut BytesMut, sql: &[u8]) {
+    out.put_u8(tag::QUERY);
+    out.put_u32((4 + sql.len() + 1) as u32);
+    out.put_slice(sql);
+    out.put_u8(0);
 }
 
 /// A message with no body (ParseComplete, CloseComplete).

@@ -36,6 +36,9 @@ pub enum Reply {
     /// owed before it has been answered: ParseComplete for a statement the
     /// server already holds, CloseComplete for a client's Close.
     Synthetic(u8),
+    /// A simple Query the pooler injected (a PREPARE replayed on this
+    /// server): everything up to its ReadyForQuery is cut out.
+    InjectedQuery,
 }
 
 impl Reply {
@@ -223,6 +226,26 @@ impl Owed {
             }
             (btag::COPY_OUT | btag::COPY_DATA | btag::COPY_DONE, _) if in_execute => {}
             (btag::FUNCTION_CALL_RESPONSE, Some(Reply::FunctionCall)) => {}
+            (btag::READY_FOR_QUERY, Some(Reply::InjectedQuery)) => {
+                self.queue.pop_front();
+                return Ok(Handled {
+                    progress: Progress::Continue,
+                    forward: false,
+                    prepared: None,
+                });
+            }
+            (_, Some(Reply::InjectedQuery))
+                if t != btag::NOTIFICATION && t != btag::PARAMETER_STATUS =>
+            {
+                // Its CommandComplete, or an error the client's own next
+                // statement will report in its own words.
+                self.copy_in = false;
+                return Ok(Handled {
+                    progress: Progress::Continue,
+                    forward: false,
+                    prepared: None,
+                });
+            }
             (btag::ERROR_RESPONSE, _) => {
                 self.copy_in = false;
                 self.error_at = front;
