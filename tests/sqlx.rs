@@ -16,7 +16,11 @@ async fn sqlx_statement_cache_across_servers() {
         addr.ip(),
         addr.port()
     );
-    let pool = PgPoolOptions::new().max_connections(16).connect(&url).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .unwrap();
     let tasks = (0..32i32).map(|t| {
         let pool = pool.clone();
         async move {
