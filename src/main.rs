@@ -31,14 +31,14 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Some(Cmd::Check) => check(cli.config),
-        Some(Cmd::Demo) => runtime().block_on(sluice::demo::run()),
+        Some(Cmd::Demo) => runtime(0).block_on(sluice::demo::run()),
         None => {
             let Some(path) = cli.config else {
                 eprintln!("sluice: --config pooler.toml is required (see --help)");
                 return ExitCode::from(2);
             };
             match sluice::config::Config::load(&path) {
-                Ok(cfg) => runtime().block_on(serve(cfg)),
+                Ok(cfg) => runtime(cfg.pooler.workers).block_on(serve(cfg)),
                 Err(e) => {
                     eprintln!("sluice: {e}");
                     ExitCode::from(2)
@@ -57,11 +57,12 @@ fn init_logging() {
         .init();
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime")
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().expect("cannot start the tokio runtime")
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {

@@ -102,6 +102,9 @@ pub struct PoolerConfig {
     /// How long a drain on SIGTERM waits for open transactions.
     pub shutdown_timeout: Dur,
     pub tcp_keepalive: bool,
+    /// Runtime worker threads; 0 uses one per CPU (or $TOKIO_WORKER_THREADS).
+    /// One thread spends the least CPU per transaction; more use more cores.
+    pub workers: usize,
     /// Bind listeners with SO_REUSEPORT, so that a second process can share
     /// the port (rolling restarts); off by default so a port clash is an error.
     pub so_reuseport: bool,
@@ -133,6 +136,7 @@ impl Default for PoolerConfig {
             max_prepared_statement_memory: 64 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
             tcp_keepalive: true,
+            workers: 0,
             so_reuseport: false,
             log_connections: true,
             log_disconnections: true,
