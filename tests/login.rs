@@ -13,12 +13,7 @@ use support::*;
 async fn scram_login_right_and_wrong_password() {
     let addr = pooler("").await;
     let c = connect_as(addr, "app", APP_PASSWORD, "app").await.unwrap();
-    let who: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(who, "app");
+    assert_eq!(current_user(&c).await, "app");
     let Err(e) = connect_as(addr, "app", "wrong", "app").await else {
         panic!("wrong password accepted")
     };
@@ -31,12 +26,7 @@ async fn md5_login_and_md5_server_auth() {
     let c = connect_as(addr, "md5_user", MD5_PASSWORD, "app")
         .await
         .unwrap();
-    let who: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(who, "md5_user");
+    assert_eq!(current_user(&c).await, "md5_user");
     let e = connect_as(addr, "md5_user", "nope", "app")
         .await
         .err()
@@ -59,12 +49,7 @@ async fn stored_scram_and_md5_secrets_work() {
     let c = connect_as(addr, "verifier_user", APP_PASSWORD, "via_app")
         .await
         .unwrap();
-    let who: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(who, "app");
+    assert_eq!(current_user(&c).await, "app");
     assert!(connect_as(addr, "verifier_user", "bad", "via_app")
         .await
         .is_err());
@@ -218,22 +203,9 @@ async fn bad_startup_option_is_reported() {
 #[tokio::test]
 async fn psql_works_through_sluice() {
     let addr = pooler("").await;
-    let psql = cluster().bin.join("psql");
-    let out = tokio::process::Command::new(psql)
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "-U",
-            "app",
-            "-d",
-            "app",
-        ])
+    let out = pg_tool("psql", addr)
+        .args(["-X", "-At", "-d", "app"])
         .args(["-c", "SELECT 40 + 2", "-c", "SHOW application_name"])
-        .env("PGPASSWORD", APP_PASSWORD)
         .output()
         .await
         .unwrap();

@@ -214,19 +214,9 @@ async fn statement_mode_maps_statements_too() {
 
 /// Runs pgbench through a pooler and returns its output.
 async fn pgbench(addr: std::net::SocketAddr, args: &[&str]) -> String {
-    let bin = cluster().bin.join("pgbench");
-    let out = tokio::process::Command::new(bin)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "-U",
-            "app",
-        ])
+    let out = pg_tool("pgbench", addr)
         .args(args)
         .arg("app")
-        .env("PGPASSWORD", APP_PASSWORD)
         .output()
         .await
         .unwrap();

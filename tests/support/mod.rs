@@ -289,3 +289,26 @@ pub fn bind_no_params(statement: &str, out: &mut BytesMut) {
     body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     out.extend_from_slice(&frame(b'B', &body));
 }
+
+/// The user a client is logged into the server as.
+pub async fn current_user(c: &tokio_postgres::Client) -> String {
+    c.query_one("SELECT current_user::text", &[])
+        .await
+        .expect("current_user")
+        .get(0)
+}
+
+/// A PostgreSQL client program (psql, pgbench) pointed at a pooler as `app`.
+pub fn pg_tool(program: &str, addr: SocketAddr) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(cluster().bin.join(program));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &addr.port().to_string(),
+        "-U",
+        "app",
+    ])
+    .env("PGPASSWORD", APP_PASSWORD);
+    cmd
+}
