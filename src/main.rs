@@ -62,7 +62,10 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     if workers > 0 {
         builder.worker_threads(workers);
     }
-    builder.enable_all().build().expect("cannot start the tokio runtime")
+    builder
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
