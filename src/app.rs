@@ -9,6 +9,8 @@ use crate::auth::client::Credentials;
 use crate::auth::Secret;
 use crate::client::cancel::CancelRegistry;
 use crate::client::prepared::Registry;
+use crate::client::session::PinCounts;
+use crate::router::classify::{Classifier, PinReason};
 use crate::config::Config;
 use crate::pool::Pools;
 
@@ -19,6 +21,10 @@ pub struct App {
     pub cancels: CancelRegistry,
     /// Every distinct prepared statement, shared by all clients.
     pub statements: Registry,
+    /// Statement classification for routing, with its cache.
+    pub classifier: Classifier,
+    /// Clients pinned to their server, by reason.
+    pub pins: PinCounts,
     clients: AtomicUsize,
 }
 
@@ -26,14 +32,21 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         let credentials = build_credentials(&config);
         let statements = Registry::new(config.pooler.max_prepared_statement_memory);
+        let classifier = Classifier::new(config.routing.classify_cache_memory);
         Arc::new(App {
             config: Arc::new(config),
             credentials,
             pools: Arc::new(Pools::default()),
             cancels: CancelRegistry::default(),
             statements,
+            classifier,
+            pins: PinCounts::default(),
             clients: AtomicUsize::new(0),
         })
+    }
+
+    pub fn count_pin(&self, reason: PinReason) {
+        self.pins.count(reason);
     }
 
     /// Counts a new client; `None` when max_client_conn is reached.

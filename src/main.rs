@@ -24,6 +24,15 @@ enum Cmd {
     Check,
     /// Start a throwaway primary, two replicas and sluice in front of them.
     Demo,
+    /// Print where a statement would be routed, and why.
+    Classify {
+        /// The SQL text (one or more statements).
+        sql: String,
+        /// Load function volatility from this database's primary, as the
+        /// pooler does (needs --config).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +41,28 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::Check) => check(cli.config),
         Some(Cmd::Demo) => runtime(0).block_on(sluice::demo::run()),
+        Some(Cmd::Classify { sql, database }) => {
+            let cfg = match &cli.config {
+                Some(path) => match sluice::config::Config::load(path) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("sluice: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            match runtime(1).block_on(sluice::router::cli::classify(cfg, database, &sql)) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice classify: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         None => {
             let Some(path) = cli.config else {
                 eprintln!("sluice: --config pooler.toml is required (see --help)");

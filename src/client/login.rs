@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::app::App;
 use crate::auth::client::{authenticate, AuthError};
-use crate::pool::ServerPool;
+use crate::pool::PoolGroup;
 use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::startup::{read_startup_packet, StartupError, StartupPacket};
 use crate::server::params::{is_startup_only, parse_options};
@@ -18,7 +18,7 @@ use crate::server::ParamMap;
 pub struct LoggedIn {
     pub user: String,
     pub database: String,
-    pub pool: Arc<ServerPool>,
+    pub pools: Arc<PoolGroup>,
     /// Parameters the client asked for (startup packet and `options`).
     pub wanted: ParamMap,
     /// Parameters the client has been told (ParameterStatus).
@@ -141,7 +141,7 @@ pub async fn login(
     }
     messages::auth_ok(&mut out);
 
-    let Some(pool) = app.pools.get_or_create(&app.config, &database, &user) else {
+    let Some(pools) = app.pools.get_or_create(&app.config, &database, &user) else {
         stream.write_all(&out).await.ok();
         let msg = format!("database \"{database}\" does not exist");
         return Err(refuse(stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);
@@ -165,6 +165,7 @@ pub async fn login(
 
     // The first client of a pool waits for one server to learn what a server
     // reports at login (server_version, encodings...).
+    let pool = &pools.primary;
     let defaults = match pool.defaults() {
         Some(d) => d,
         None => match pool.checkout().await {
@@ -191,7 +192,7 @@ pub async fn login(
     Ok(LoggedIn {
         user,
         database,
-        pool,
+        pools,
         wanted,
         reported,
         rbuf,

@@ -13,12 +13,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod route;
+
+pub use route::PinCounts;
+
 use super::cancel::{CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
 use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;
-use crate::pool::{CheckoutError, PooledServer, ServerPool};
+use crate::pool::{CheckoutError, PoolGroup, PooledServer, ServerPool};
 use crate::protocol::error_fields::ErrorFields;
 use crate::protocol::frames::{
     client_streamable, client_streamable_unless_bind, HEADER_LEN, STREAM_THRESHOLD,
@@ -45,6 +49,9 @@ pub enum Exit {
 enum Served {
     /// The server is free for someone else.
     Release,
+    /// A read failed on a replica before any reply reached the client: drop
+    /// the server and run the read elsewhere.
+    Retry,
     Exit(Exit),
 }
 
@@ -60,7 +67,11 @@ pub struct Session {
     /// Scratch space for messages the pooler writes itself.
     out: BytesMut,
     scanner: FrameScanner,
+    /// The pool of the attached server (the primary's when none is).
     pool: Arc<ServerPool>,
+    /// The primary's and the replicas' pools for this database and user.
+    pools: Arc<PoolGroup>,
+    route: route::RouteState,
     mode: PoolMode,
     user: String,
     database: String,
@@ -119,7 +130,7 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Session {
         let max_packet = app.config.pooler.max_packet_size;
-        let mode = login.pool.mode;
+        let mode = login.pools.primary.mode;
         let max_prepared = app.config.pooler.max_prepared_statements;
         let map_statements = mode != PoolMode::Session && max_prepared > 0;
         // Mapped Binds are rewritten, so they are read whole.
@@ -135,7 +146,9 @@ impl Session {
             rbuf: login.rbuf,
             out: BytesMut::with_capacity(512),
             scanner: FrameScanner::new(max_packet, streamable),
-            pool: login.pool,
+            pool: login.pools.primary.clone(),
+            route: route::RouteState::new(&login.pools, mode, &login.wanted),
+            pools: login.pools,
             mode,
             user: login.user,
             database: login.database,
@@ -169,7 +182,12 @@ impl Session {
                             Err(exit) => break exit,
                         }
                     }
-                    match self.attach().await {
+                    let target = match self.plan().await {
+                        Ok(Some(t)) => t,
+                        Ok(None) => continue,
+                        Err(exit) => break exit,
+                    };
+                    match self.attach(target).await {
                         Ok(s) => server.insert(s),
                         Err(exit) => break exit,
                     }
@@ -181,6 +199,17 @@ impl Session {
                         self.detach(s).await;
                     }
                     self.shrink_buffer();
+                }
+                Served::Retry => {
+                    if let Some(s) = server.take() {
+                        self.cancel.detach();
+                        if s.is_clean() {
+                            self.pool.release(s);
+                        } else {
+                            self.pool.discard(s);
+                        }
+                    }
+                    self.restore_retry();
                 }
                 Served::Exit(exit) => break exit,
             }
@@ -195,7 +224,13 @@ impl Session {
     /// Waits until the client has sent the start of a request; handles
     /// Terminate and client_idle_timeout while no server is attached.
     async fn wait_for_request(&mut self) -> Result<(), Exit> {
-        let idle_limit = self.app.config.pooler.client_idle_timeout.enabled();
+        let p = &self.app.config.pooler;
+        let in_transaction = self.route.held_begin.is_some();
+        let idle_limit = if in_transaction {
+            p.idle_transaction_timeout.enabled()
+        } else {
+            p.client_idle_timeout.enabled()
+        };
         loop {
             if self.rbuf.len() >= HEADER_LEN {
                 let tag = self.rbuf[0];
@@ -223,6 +258,10 @@ impl Session {
                     }
                 }
                 _ = sleep_opt(deadline) => {
+                    if in_transaction {
+                        return Err(self.close(sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                            "terminating connection due to idle_transaction_timeout").await);
+                    }
                     return Err(self.close(sqlstate::IDLE_SESSION_TIMEOUT,
                         "terminating connection due to client_idle_timeout").await);
                 }
@@ -298,8 +337,25 @@ impl Session {
     }
 
     /// Checks out a server and makes its session parameters the client's.
-    async fn attach(&mut self) -> Result<PooledServer, Exit> {
-        let mut srv = match self.pool.checkout().await {
+    async fn attach(&mut self, mut target: route::Target) -> Result<PooledServer, Exit> {
+        let checkout = loop {
+            let pool = match target {
+                route::Target::Primary => self.pools.primary.clone(),
+                route::Target::Replica(i) => self.pools.replicas[i].clone(),
+            };
+            let result = pool.checkout().await;
+            self.pool = pool;
+            match (result, target) {
+                (Err(e @ CheckoutError::Server(_)), route::Target::Replica(i))
+                | (Err(e @ CheckoutError::ConnectTimeout), route::Target::Replica(i)) => {
+                    tracing::warn!(client = %self.peer, db = %self.database, replica = %self.pool.addr, "{e}");
+                    target = self.fallback_after_connect_failure(i);
+                }
+                (result, _) => break result,
+            }
+        };
+        self.route.target = target;
+        let mut srv = match checkout {
             Ok(s) => s,
             Err(e) => {
                 let (code, msg) = match &e {
@@ -374,11 +430,13 @@ impl Session {
             pid: srv.pid,
             secret: srv.secret,
         });
+        self.stage_begin(&mut srv);
         Ok(srv)
     }
 
     async fn detach(&mut self, mut srv: PooledServer) {
         self.cancel.detach();
+        self.on_release();
         if self.pool.reset_always && srv.is_clean() {
             self.reset(&mut srv).await;
         }
@@ -436,11 +494,14 @@ impl Session {
         let idle_tx_limit = self.app.config.pooler.idle_transaction_timeout.enabled();
         let idle_limit = self.app.config.pooler.client_idle_timeout.enabled();
         loop {
-            if !self.rbuf.is_empty() {
+            let holding_back = self.route.unit_only && self.route.unit_sent;
+            if !self.rbuf.is_empty() && !holding_back {
                 if let Err(exit) = self.forward_client(srv).await {
                     return Served::Exit(exit);
                 }
             }
+            // On a replica the next unit waits, unread, for its own route.
+            let holding_back = self.route.unit_only && self.route.unit_sent;
             let waiting_on_client = srv.owed.is_empty();
             let limit = match (waiting_on_client, srv.tx_status) {
                 (true, b'T' | b'E') => idle_tx_limit,
@@ -454,15 +515,27 @@ impl Session {
                 r = read_more(&mut srv.stream, &mut srv.rbuf) => {
                     if !r {
                         srv.broken = true;
+                        if self.route.retry.armed {
+                            self.ban_attached("connection lost");
+                            return Served::Retry;
+                        }
                         return Served::Exit(self.server_lost().await);
                     }
                     match self.forward_server(srv).await {
+                        Ok(true) if self.route.retry_now => return Served::Retry,
                         Ok(true) => return Served::Release,
-                        Ok(false) => {}
+                        Ok(false) => {
+                            if srv.owed.is_empty() {
+                                // Idle inside a transaction (or pinned): the
+                                // rest of it belongs on this server.
+                                self.route.unit_only = false;
+                                self.route.unit_sent = false;
+                            }
+                        }
                         Err(exit) => return Served::Exit(exit),
                     }
                 }
-                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                r = read_more(&mut self.stream, &mut self.rbuf), if !holding_back => {
                     if !r {
                         return Served::Exit(Exit::Gone);
                     }
@@ -500,6 +573,9 @@ impl Session {
         let mut describes = 0;
         let mut last_tag = 0;
         loop {
+            if self.route.unit_only && self.route.unit_sent {
+                break;
+            }
             let piece = match self.scanner.next(&self.rbuf, pos) {
                 Ok(p) => p,
                 Err(e) => {
@@ -509,6 +585,10 @@ impl Session {
                         .await);
                 }
             };
+            if let Piece::Frame { tag, .. } = piece {
+                // The end of a unit: on a replica, the next one is routed anew.
+                self.route.unit_sent |= matches!(tag, tag::QUERY | tag::SYNC);
+            }
             match piece {
                 Piece::NeedMore => break,
                 Piece::Tail { len } => pos += len,
@@ -841,6 +921,7 @@ impl Session {
         }
         if parameters {
             srv.overrides = ParamMap::new();
+            self.reset_wanted();
         }
     }
 
@@ -923,7 +1004,16 @@ impl Session {
                             let fields = ErrorFields::parse(body);
                             plan_changed = fields.code == "0A000"
                                 && fields.message == "cached plan must not change result type";
-                            if fields.is_fatal() {
+                            self.route.pending_set = None;
+                            if self.route.retry.armed && route::retryable(&fields.code) {
+                                // A replica refused a read before answering
+                                // any of it: cut the error out, run it elsewhere.
+                                self.route.retry.swallow = true;
+                                if fields.is_fatal() {
+                                    srv.broken = true;
+                                    self.ban_attached(&fields.message);
+                                }
+                            } else if fields.is_fatal() {
                                 srv.broken = true;
                                 self.server_fatal_sent = true;
                             } else if self.replay.state == ReplayState::Armed && plan_changed {
@@ -985,16 +1075,25 @@ impl Session {
                 return self.refuse_transaction(srv, pos + len).await;
             }
             let swallowing = self.replay.state == ReplayState::Swallowing;
-            if !handled.forward || swallowing {
+            if !handled.forward || swallowing || self.route.retry.swallow {
                 // A reply to a message the pooler injected, or to a batch it
                 // is about to send again: cut it out.
                 self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
                 flushed = pos + len;
-            } else if self.replay.state == ReplayState::Armed && tag != btag::NOTICE_RESPONSE {
-                // The client has seen part of the answer: no retry any more.
-                self.replay.state = ReplayState::Off;
+            } else {
+                if self.replay.state == ReplayState::Armed && tag != btag::NOTICE_RESPONSE {
+                    // The client has seen part of the answer: no retry any more.
+                    self.replay.state = ReplayState::Off;
+                }
+                self.route.retry.armed = false;
             }
             pos += len;
+            if idle && self.route.retry.swallow {
+                self.send_to_client(srv, flushed, pos).await?;
+                srv.rbuf.advance(pos);
+                self.route.retry_now = true;
+                return Ok(true);
+            }
             if idle && swallowing {
                 self.send_to_client(srv, flushed, pos).await?;
                 srv.rbuf.advance(pos);
@@ -1017,7 +1116,13 @@ impl Session {
                 )
                 .await);
         }
-        Ok(self.mode != PoolMode::Session && srv.tx_status == b'I')
+        if srv.tx_status == b'I' {
+            self.apply_pending_set(srv);
+        }
+        self.route.retry.armed = false;
+        Ok(self.mode != PoolMode::Session
+            && srv.tx_status == b'I'
+            && self.route.pinned.is_none())
     }
 
     async fn refuse_transaction(

@@ -243,7 +243,7 @@ impl Serialize for Dur {
     }
 }
 
-/// Read/write routing. Parsed and validated; not acted on yet.
+/// Read/write routing.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -255,6 +255,8 @@ pub struct RoutingConfig {
     pub health_check_interval: Dur,
     pub health_check_timeout: Dur,
     pub ban_time: Dur,
+    pub catalog_refresh_interval: Dur,
+    pub classify_cache_memory: usize,
     pub replica_fallback: ReplicaFallback,
     pub read_only_functions: Vec<String>,
     pub write_functions: Vec<String>,
@@ -271,6 +273,8 @@ impl Default for RoutingConfig {
             health_check_interval: Dur::secs(5),
             health_check_timeout: Dur::secs(2),
             ban_time: Dur::secs(30),
+            catalog_refresh_interval: Dur::secs(30),
+            classify_cache_memory: 8 * 1024 * 1024,
             replica_fallback: ReplicaFallback::Primary,
             read_only_functions: vec![],
             write_functions: vec![],
@@ -302,6 +306,10 @@ pub struct DatabaseConfig {
     pub primary: String,
     #[serde(default, deserialize_with = "env_string_list")]
     pub replicas: Vec<String>,
+    /// Load-balancing weight of each replica, in the order of `replicas`;
+    /// empty means 1 each, 0 takes a replica out of rotation.
+    #[serde(default)]
+    pub replica_weights: Vec<u32>,
     /// Server-side database name; the table key by default.
     #[serde(default, deserialize_with = "opt_env_string")]
     pub dbname: Option<String>,
@@ -458,6 +466,16 @@ impl Config {
             for r in &db.replicas {
                 check_host_port(r).map_err(|e| (format!("databases.{name}.replicas"), e))?;
             }
+            if !db.replica_weights.is_empty() && db.replica_weights.len() != db.replicas.len() {
+                return Err((
+                    format!("databases.{name}.replica_weights"),
+                    format!(
+                        "has {} entries for {} replicas",
+                        db.replica_weights.len(),
+                        db.replicas.len()
+                    ),
+                ));
+            }
             if db.pool_size == Some(0) {
                 return Err((
                     format!("databases.{name}.pool_size"),
@@ -477,6 +495,17 @@ impl Config {
     /// The effective configuration as TOML, with secrets masked.
     pub fn render(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// `route` for a (database, user) pair: `primary` on either wins.
+    pub fn route_for(&self, db: &str, user: &str) -> Route {
+        let user = self.users.get(user).and_then(|u| u.route);
+        let db = self.databases.get(db).and_then(|d| d.route);
+        if user == Some(Route::Primary) || db == Some(Route::Primary) {
+            Route::Primary
+        } else {
+            Route::Auto
+        }
     }
 
     /// Pool mode for a (database, user) pair: user, then database, then global.

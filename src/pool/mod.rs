@@ -1,4 +1,6 @@
-//! Pools of server connections, one per (database, user), on deadpool.
+//! Pools of server connections, one per (database, user, server), on deadpool.
+//! A `PoolGroup` holds a (database, user)'s primary pool and one pool per
+//! replica, plus the database's routing state.
 //!
 //! deadpool gives the bounded pool, the FIFO wait queue (its semaphore is
 //! fair), the wait and connect timeouts and `retain` for reaping. It has no
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Secret;
 use crate::config::{Config, PoolMode};
+use crate::router::replicas::DbRouting;
 use crate::server::{ParamMap, ServerConn, ServerError, ServerTarget};
 
 pub type PooledServer = Object<ServerManager>;
@@ -72,6 +75,8 @@ impl managed::Manager for ServerManager {
 pub struct ServerPool {
     pub database: String,
     pub user: String,
+    /// `host:port` of the server.
+    pub addr: String,
     pub mode: PoolMode,
     pub min_size: usize,
     pub reset_query: String,
@@ -93,7 +98,7 @@ pub enum CheckoutError {
 }
 
 impl ServerPool {
-    pub fn build(cfg: &Config, database: &str, user: &str) -> Option<ServerPool> {
+    pub fn build(cfg: &Config, database: &str, user: &str, addr: &str) -> Option<ServerPool> {
         let db = cfg.databases.get(database)?;
         let password = match &db.server_user {
             Some(_) => db
@@ -107,7 +112,7 @@ impl ServerPool {
                 .and_then(|p| Secret::parse(p).ok()),
         };
         let target = ServerTarget {
-            addr: db.primary.clone(),
+            addr: addr.to_string(),
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_string()),
             user: db.server_user.clone().unwrap_or_else(|| user.to_string()),
             password,
@@ -136,6 +141,7 @@ impl ServerPool {
         Some(ServerPool {
             database: database.to_string(),
             user: user.to_string(),
+            addr: addr.to_string(),
             mode: cfg.pool_mode_for(database, user),
             min_size: cfg.min_pool_size_for(database),
             reset_query: p.server_reset_query.clone(),
@@ -156,6 +162,17 @@ impl ServerPool {
                 PoolError::Backend(e) => CheckoutError::Server(e),
                 _ => CheckoutError::Closed,
             })
+    }
+
+    /// Where and as whom this pool connects.
+    pub fn target(&self) -> &ServerTarget {
+        &self.inner.manager().target
+    }
+
+    /// Server connections checked out now.
+    pub fn in_use(&self) -> usize {
+        let s = self.inner.status();
+        s.size.saturating_sub(s.available)
     }
 
     /// The parameters a fresh server reports, once one has connected.
@@ -225,27 +242,64 @@ impl ServerPool {
     }
 }
 
-/// All pools, created on first use.
+/// The pools a (database, user) pair is served from.
+pub struct PoolGroup {
+    pub primary: Arc<ServerPool>,
+    /// In the order of `[databases.*] replicas`, like `routing.replicas`.
+    pub replicas: Vec<Arc<ServerPool>>,
+    pub routing: Arc<DbRouting>,
+    /// `route = "primary"` for this user or database.
+    pub primary_only: bool,
+}
+
+impl PoolGroup {
+    fn all(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+}
+
+/// All pools, created on first use, and each database's routing state.
 #[derive(Default)]
 pub struct Pools {
-    map: Mutex<HashMap<(String, String), Arc<ServerPool>>>,
+    map: Mutex<HashMap<(String, String), Arc<PoolGroup>>>,
+    routing: Mutex<HashMap<String, Arc<DbRouting>>>,
 }
 
 impl Pools {
     pub fn get_or_create(
         &self,
-        cfg: &Config,
+        cfg: &Arc<Config>,
         database: &str,
         user: &str,
-    ) -> Option<Arc<ServerPool>> {
+    ) -> Option<Arc<PoolGroup>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (database.to_string(), user.to_string());
         if let Some(p) = map.get(&key) {
             return Some(p.clone());
         }
-        let pool = Arc::new(ServerPool::build(cfg, database, user)?);
-        map.insert(key, pool.clone());
-        Some(pool)
+        let db = cfg.databases.get(database)?;
+        let primary = Arc::new(ServerPool::build(cfg, database, user, &db.primary)?);
+        let replicas = db
+            .replicas
+            .iter()
+            .map(|addr| ServerPool::build(cfg, database, user, addr).map(Arc::new))
+            .collect::<Option<Vec<_>>>()?;
+        let routing = {
+            let mut routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+            routing
+                .entry(database.to_string())
+                .or_insert_with(|| DbRouting::start(cfg.clone(), database, primary.target()))
+                .clone()
+        };
+        let primary_only = cfg.route_for(database, user) == crate::config::Route::Primary;
+        let group = Arc::new(PoolGroup {
+            primary,
+            replicas,
+            routing,
+            primary_only,
+        });
+        map.insert(key, group.clone());
+        Some(group)
     }
 
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
@@ -253,8 +307,17 @@ impl Pools {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .flat_map(|g| g.all().cloned().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// Each database's routing state.
+    pub fn routing(&self, database: &str) -> Option<Arc<DbRouting>> {
+        self.routing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(database)
+            .cloned()
     }
 
     /// Runs pool maintenance every second until the process ends.

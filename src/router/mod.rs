@@ -1,5 +1,18 @@
-//! Statement inspection. For now: the first keyword of a statement text, which
-//! is all the pooler core needs (to refuse LISTEN in transaction mode).
+//! Routing: statement classification (`classify`, over `fingerprint` and
+//! `functions`), SET tracking (`session_state`), each database's replica state
+//! and load balancer (`replicas`) and the monitor that keeps it current
+//! (`monitor`). Here: cheap keyword scans used before any parse.
+
+pub mod classify;
+pub mod cli;
+pub mod fingerprint;
+pub mod functions;
+pub mod monitor;
+pub mod replicas;
+pub mod session_state;
+pub mod summary;
+
+pub use summary::Summary;
 
 /// The first keyword of `sql`, after white space, comments and opening
 /// parentheses, as an ASCII slice; empty when there is none.

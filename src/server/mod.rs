@@ -61,6 +61,25 @@ impl From<ReadError> for ServerError {
     }
 }
 
+/// The columns of a DataRow body as text.
+fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let mut at = 2;
+    let mut cols = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            cols.push(None);
+            continue;
+        }
+        let end = at.checked_add(len as usize)?;
+        cols.push(Some(String::from_utf8_lossy(body.get(at..end)?).into_owned()));
+        at = end;
+    }
+    Some(cols)
+}
+
 /// Size of a server connection's read buffer.
 const READ_BUF: usize = 64 * 1024;
 /// Largest non-bulk message accepted from a server.
@@ -227,6 +246,52 @@ impl ServerConn {
             self.broken = true;
         }
         result
+    }
+
+    /// Runs a query of the pooler's own (monitoring, catalog) and returns its
+    /// rows as text; NULL is `None`. An error the server reports is an `Err`.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        debug_assert!(self.owed.is_empty());
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let read = read_message(&mut self.stream, &mut self.rbuf, MAX_SERVER_MESSAGE).await;
+            let (tag, body) = match read {
+                Ok(m) => m,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+            };
+            match tag {
+                btag::DATA_ROW => rows.push(parse_data_row(&body).ok_or_else(|| {
+                    self.broken = true;
+                    ServerError::Protocol("malformed DataRow".into())
+                })?),
+                btag::ERROR_RESPONSE => {
+                    let e = ErrorFields::parse(&body);
+                    if e.is_fatal() {
+                        self.broken = true;
+                        return Err(ServerError::Postgres(e));
+                    }
+                    error.get_or_insert(e);
+                }
+                btag::READY_FOR_QUERY => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    return match error {
+                        Some(e) => Err(ServerError::Postgres(e)),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Makes the server's parameters match `wanted`, with one round trip where

@@ -7,6 +7,9 @@
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamMap {
     entries: Vec<(String, String)>,
+    /// Names whose value is SQL text as the client wrote it in a SET
+    /// (`'$user', public`), replayed verbatim rather than quoted.
+    raw: Vec<String>,
 }
 
 impl ParamMap {
@@ -24,6 +27,25 @@ impl ParamMap {
     /// Sets a value; an existing entry keeps its spelling unless the new one
     /// comes from the server (`canonical`).
     pub fn set(&mut self, name: &str, value: &str, canonical: bool) {
+        if !self.raw.is_empty() {
+            self.raw.retain(|k| !k.eq_ignore_ascii_case(name));
+        }
+        self.put(name, value, canonical);
+    }
+
+    /// Sets a value that is SQL text from a client's SET, to be replayed as is.
+    pub fn set_raw(&mut self, name: &str, sql_value: &str) {
+        self.put(name, sql_value, false);
+        if !self.is_raw(name) {
+            self.raw.push(name.to_string());
+        }
+    }
+
+    pub fn is_raw(&self, name: &str) -> bool {
+        self.raw.iter().any(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    fn put(&mut self, name: &str, value: &str, canonical: bool) {
         if let Some(entry) = self
             .entries
             .iter_mut()
@@ -42,6 +64,7 @@ impl ParamMap {
 
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.raw.retain(|k| !k.eq_ignore_ascii_case(name));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -115,7 +138,11 @@ pub fn sync_statements(
         let current = overrides.get(name).or_else(|| defaults.get(name));
         if current != Some(value) && !is_server_owned(name) && is_valid_name(name) {
             let s = sql.get_or_insert_with(String::new);
-            s.push_str(&format!("SET {name} = {};", quote_literal(value)));
+            if wanted.is_raw(name) {
+                s.push_str(&format!("SET {name} = {value};"));
+            } else {
+                s.push_str(&format!("SET {name} = {};", quote_literal(value)));
+            }
         }
     }
     for (name, _) in overrides.iter() {

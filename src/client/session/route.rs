@@ -1,0 +1,564 @@
+//! Where the next unit of a client's work runs: the routing half of a session.
+//!
+//! A unit is what runs between two idle points of a server outside a
+//! transaction: one simple Query, or extended-protocol messages up to a Sync.
+//! With no server attached, the session looks at the unit at the head of its
+//! buffer and picks the primary or a replica for it:
+//! - a unit whose every statement is provably read-only goes to a fit replica
+//!   that has replayed the client's last write (read-your-writes), else to the
+//!   primary (or fails, with `replica_fallback = "error"`);
+//! - a simple-Query BEGIN is answered by sluice and held until the first
+//!   statement of its transaction: READ ONLY transactions run whole on one
+//!   replica, every other one whole on the primary;
+//! - a statement that creates state that cannot move between servers
+//!   (temporary tables, session advisory locks, WITH HOLD cursors) pins the
+//!   client to its server until it leaves.
+//!
+//! On a replica only the unit itself is forwarded; the next one is routed on
+//! its own once the replica is idle again. A read that fails on a replica
+//! before any reply reached the client is run again elsewhere, once.
+
+use bytes::{Buf, BytesMut};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Exit, Session};
+use crate::config::{Consistency, PoolMode, ReplicaFallback};
+use crate::pool::PoolGroup;
+use crate::protocol::messages::{self, sqlstate, Severity};
+use crate::protocol::frames::HEADER_LEN;
+use crate::protocol::{read_cstr, tag};
+use crate::router::classify::{Kind, PinReason, Target as Class};
+use crate::router::Summary;
+use crate::router::replicas::NoReplica;
+use crate::router::session_state::{parse_set, SetChange};
+use crate::server::{ParamMap, Reply, ServerConn};
+
+/// The server a unit runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    Replica(usize),
+}
+
+/// A BEGIN answered by sluice, not yet sent to any server.
+pub struct HeldBegin {
+    sql: Vec<u8>,
+    read_only: Option<bool>,
+    serializable: bool,
+}
+
+/// The unit kept while a read on a replica may still be retried.
+#[derive(Default)]
+pub struct ReadRetry {
+    bytes: BytesMut,
+    /// Nothing of the reply has reached the client yet.
+    pub armed: bool,
+    /// The replica refused the read: its replies are cut out up to ReadyForQuery.
+    pub swallow: bool,
+    /// This unit was retried once already.
+    used: bool,
+    replica: usize,
+}
+
+pub struct RouteState {
+    /// Reads may go to replicas for this client.
+    enabled: bool,
+    /// Track SET/RESET so that settings follow the client (not session mode).
+    track_sets: bool,
+    pub target: Target,
+    /// Forward only the current unit (a read on a replica).
+    pub unit_only: bool,
+    /// The current unit's end has been forwarded.
+    pub unit_sent: bool,
+    /// The current attachment may write: it sets `last_write` when it ends.
+    writes: bool,
+    pub held_begin: Option<HeldBegin>,
+    /// The held BEGIN goes to the server before the client's first statement.
+    inject_begin: Option<Vec<u8>>,
+    /// When the client's last write finished, until resolved to `min_lsn`.
+    last_write: Option<Instant>,
+    /// The WAL position a replica must have replayed to serve this client.
+    min_lsn: u64,
+    pub retry: ReadRetry,
+    /// Set when the replica's refusal has been cut out: run the unit again.
+    pub retry_now: bool,
+    pub pinned: Option<PinReason>,
+    /// A SET or RESET in flight, applied once the server accepts it.
+    pub pending_set: Option<SetChange>,
+    /// The client's startup parameters: what RESET goes back to.
+    pub startup: ParamMap,
+}
+
+impl RouteState {
+    pub fn new(pools: &PoolGroup, mode: PoolMode, wanted: &ParamMap) -> RouteState {
+        RouteState {
+            enabled: mode != PoolMode::Session && !pools.primary_only && pools.routing.routes(),
+            track_sets: mode != PoolMode::Session,
+            target: Target::Primary,
+            unit_only: false,
+            unit_sent: false,
+            writes: true,
+            held_begin: None,
+            inject_begin: None,
+            last_write: None,
+            min_lsn: 0,
+            retry: ReadRetry::default(),
+            retry_now: false,
+            pinned: None,
+            pending_set: None,
+            startup: wanted.clone(),
+        }
+    }
+}
+
+/// Errors a replica gives for a read that the primary (or another replica)
+/// would serve: shutting down or starting, read-only violations, lost
+/// connections and recovery conflicts.
+pub fn retryable(code: &str) -> bool {
+    matches!(code, "25006" | "57P01" | "57P02" | "57P03" | "40001") || code.starts_with("08")
+}
+
+/// What the unit at the head of the client's buffer is.
+struct Unit {
+    /// Bytes through the unit's end (its Query, or its first Sync); `None`
+    /// when the end has not arrived yet.
+    len: Option<usize>,
+    /// Every statement in it may run on a replica.
+    read: bool,
+    /// One simple Query of exactly one statement: its kind.
+    single: Option<Kind>,
+    /// The first statement's kind.
+    first: Option<Kind>,
+    pin: Option<PinReason>,
+}
+
+impl Session {
+    /// Decides where the unit at the head of the buffer runs. `None` when
+    /// sluice answered it itself (a held BEGIN, or the end of an empty
+    /// transaction) or refused it.
+    pub(super) async fn plan(&mut self) -> Result<Option<Target>, Exit> {
+        self.route.unit_sent = false;
+        self.route.unit_only = false;
+        self.route.pending_set = None;
+        if self.route.track_sets {
+            self.route.pending_set = self.set_at_head();
+        }
+        if !self.route.enabled {
+            self.route.writes = true;
+            return Ok(Some(Target::Primary));
+        }
+        let unit = self.inspect_unit();
+        if let Some(held) = self.route.held_begin.take() {
+            return self.plan_held(held, &unit).await;
+        }
+        if let (Some(Kind::Begin { read_only }), Some(len)) = (unit.single, unit.len) {
+            if self.mode == PoolMode::Transaction && unit.pin.is_none() {
+                return self.hold_begin(len, read_only).await;
+            }
+        }
+        if let Some(reason) = unit.pin {
+            self.pin(reason);
+            self.route.writes = true;
+            return Ok(Some(Target::Primary));
+        }
+        let (true, Some(len)) = (unit.read, unit.len) else {
+            self.route.writes = !unit.read;
+            return Ok(Some(Target::Primary));
+        };
+        self.route.writes = false;
+        let exclude = self.retry_exclude();
+        match self.choose_replica(exclude) {
+            Ok(Target::Replica(i)) => {
+                self.arm_retry(len, i);
+                self.route.unit_only = true;
+                Ok(Some(Target::Replica(i)))
+            }
+            Ok(t) => {
+                self.route.retry.used = false;
+                Ok(Some(t))
+            }
+            Err(()) => self.refuse_read(len).await,
+        }
+    }
+
+    /// The held BEGIN's transaction starts with this unit.
+    async fn plan_held(&mut self, held: HeldBegin, unit: &Unit) -> Result<Option<Target>, Exit> {
+        match (unit.single, unit.len) {
+            (Some(k @ (Kind::Commit | Kind::Rollback)), Some(len)) => {
+                // Nothing ran: end the empty transaction here.
+                self.rbuf.advance(len);
+                self.out.clear();
+                let tag = if k == Kind::Commit { "COMMIT" } else { "ROLLBACK" };
+                messages::command_complete(&mut self.out, tag);
+                messages::ready_for_query(&mut self.out, b'I');
+                self.write_out().await?;
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let read_only = match unit.first {
+            Some(Kind::SetTransaction {
+                read_only: Some(ro),
+            }) => Some(ro),
+            _ => held.read_only,
+        }
+        .unwrap_or_else(|| self.default_read_only());
+        self.route.inject_begin = Some(held.sql);
+        if unit.pin.is_some() || !read_only || held.serializable {
+            // Serializable transactions cannot run on a standby.
+            self.route.writes = true;
+            if let Some(reason) = unit.pin {
+                self.pin(reason);
+            }
+            return Ok(Some(Target::Primary));
+        }
+        self.route.writes = false;
+        match self.choose_replica(None) {
+            Ok(t) => Ok(Some(t)),
+            Err(()) => {
+                // No replica may serve it: run it on the primary, where a READ
+                // ONLY transaction is just as correct.
+                Ok(Some(Target::Primary))
+            }
+        }
+    }
+
+    /// Answers a lone BEGIN and keeps it until the transaction's first statement.
+    async fn hold_begin(&mut self, len: usize, read_only: Option<bool>) -> Result<Option<Target>, Exit> {
+        let body = &self.rbuf[HEADER_LEN..len];
+        let sql = body.strip_suffix(b"\0").unwrap_or(body).to_vec();
+        let serializable = contains_word(&sql, b"SERIALIZABLE");
+        self.rbuf.advance(len);
+        self.route.held_begin = Some(HeldBegin {
+            sql,
+            read_only,
+            serializable,
+        });
+        self.out.clear();
+        messages::command_complete(&mut self.out, "BEGIN");
+        messages::ready_for_query(&mut self.out, b'T');
+        self.write_out().await?;
+        Ok(None)
+    }
+
+    /// With `replica_fallback = "error"` and no replica fit: the unit fails.
+    async fn refuse_read(&mut self, len: usize) -> Result<Option<Target>, Exit> {
+        self.rbuf.advance(len);
+        self.out.clear();
+        messages::error(
+            &mut self.out,
+            Severity::Error,
+            sqlstate::CANNOT_CONNECT_NOW,
+            "no replica can serve this read now (replica_fallback = \"error\")",
+        );
+        messages::ready_for_query(&mut self.out, b'I');
+        self.write_out().await?;
+        Ok(None)
+    }
+
+    async fn write_out(&mut self) -> Result<(), Exit> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|_| Exit::Gone)
+    }
+
+    /// The session's `default_transaction_read_only`, as the client set it.
+    fn default_read_only(&self) -> bool {
+        self.wanted
+            .get("default_transaction_read_only")
+            .is_some_and(|v| matches!(v.trim_matches('\'').to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"))
+    }
+
+    fn pin(&mut self, reason: PinReason) {
+        if self.route.pinned.is_none() {
+            tracing::info!(client = %self.peer, db = %self.database, user = %self.user, ?reason, "client pinned to its server connection until it disconnects");
+            self.app.count_pin(reason);
+        }
+        self.route.pinned = Some(reason);
+        self.route.enabled = false;
+    }
+
+    /// A fit replica for a read by this client, or the primary when none has
+    /// replayed its last write. `Err` when none is fit and reads must not fall
+    /// back to the primary.
+    fn choose_replica(&mut self, exclude: Option<usize>) -> Result<Target, ()> {
+        let routing = &self.pools.routing;
+        let ryw = routing.config.routing.consistency == Consistency::ReadYourWrites;
+        if ryw {
+            if let Some(at) = self.route.last_write {
+                match routing.lsn_after(at) {
+                    Some(lsn) => {
+                        self.route.min_lsn = self.route.min_lsn.max(lsn);
+                        self.route.last_write = None;
+                    }
+                    // The primary has not been sampled since the write.
+                    None => return Ok(Target::Primary),
+                }
+            }
+        }
+        let min_lsn = if ryw { self.route.min_lsn } else { 0 };
+        let replicas = &self.pools.replicas;
+        match routing.pick(min_lsn, exclude, |i| replicas[i].in_use()) {
+            Ok(i) => Ok(Target::Replica(i)),
+            Err(NoReplica::NotCaughtUp) => Ok(Target::Primary),
+            Err(NoReplica::Unfit) => match routing.config.routing.replica_fallback {
+                ReplicaFallback::Primary => Ok(Target::Primary),
+                ReplicaFallback::Error => Err(()),
+            },
+        }
+    }
+
+    fn arm_retry(&mut self, len: usize, replica: usize) {
+        let r = &mut self.route.retry;
+        r.swallow = false;
+        if r.used {
+            r.used = false;
+            r.armed = false;
+            return;
+        }
+        r.bytes.clear();
+        r.bytes.extend_from_slice(&self.rbuf[..len]);
+        r.armed = true;
+        r.replica = replica;
+    }
+
+    /// Puts a unit that failed on a replica back in front of the buffer and
+    /// marks it to run elsewhere.
+    pub(super) fn restore_retry(&mut self) {
+        let r = &mut self.route.retry;
+        let mut again = std::mem::take(&mut r.bytes);
+        again.extend_from_slice(&self.rbuf);
+        self.rbuf = again;
+        r.armed = false;
+        r.swallow = false;
+        r.used = true;
+        self.route.retry_now = false;
+        self.route.unit_sent = false;
+        self.replay.state = super::ReplayState::Off;
+        tracing::info!(client = %self.peer, db = %self.database, replica = %self.pools.routing.replicas[r.replica].addr, "read failed on a replica before any reply: running it elsewhere");
+    }
+
+    /// The replica to leave out when re-planning a retried unit.
+    pub(super) fn retry_exclude(&self) -> Option<usize> {
+        self.route.retry.used.then_some(self.route.retry.replica)
+    }
+
+    /// Bans the attached replica after a connection failure.
+    pub(super) fn ban_attached(&self, why: &str) {
+        if let Target::Replica(i) = self.route.target {
+            let ban = self.pools.routing.config.routing.ban_time.0;
+            self.pools.routing.replicas[i].ban(ban, why);
+        }
+    }
+
+    /// Picks the pool to check out from; after a replica failed to connect,
+    /// another one or the primary.
+    pub(super) fn fallback_after_connect_failure(&mut self, failed: usize) -> Target {
+        let ban = self.pools.routing.config.routing.ban_time.0;
+        self.pools.routing.replicas[failed].ban(ban, "cannot connect");
+        self.route.unit_only = false;
+        self.route.retry.armed = false;
+        match self.choose_replica(Some(failed)) {
+            Ok(Target::Replica(i)) => {
+                self.route.unit_only = self.route.inject_begin.is_none();
+                Target::Replica(i)
+            }
+            _ => Target::Primary,
+        }
+    }
+
+    /// The held BEGIN, staged to go out before the client's statement.
+    pub(super) fn stage_begin(&mut self, srv: &mut ServerConn) {
+        if let Some(sql) = self.route.inject_begin.take() {
+            use bytes::BufMut;
+            self.to_server.put_u8(tag::QUERY);
+            self.to_server.put_u32((4 + sql.len() + 1) as u32);
+            self.to_server.extend_from_slice(&sql);
+            self.to_server.put_u8(0);
+            srv.owed.push(Reply::InjectedQuery);
+        }
+    }
+
+    /// Bookkeeping when the server goes back: a primary attachment that may
+    /// have written dates the client's last write (read-your-writes).
+    pub(super) fn on_release(&mut self) {
+        if self.route.target == Target::Primary && self.route.writes && self.route.enabled {
+            self.route.last_write = Some(Instant::now());
+        }
+    }
+
+    /// A server accepted the client's SET or RESET: remember it so it follows
+    /// the client to every other server.
+    pub(super) fn apply_pending_set(&mut self, srv: &mut ServerConn) {
+        let Some(change) = self.route.pending_set.take() else {
+            return;
+        };
+        match change {
+            SetChange::Set { name, value } => {
+                // Reported parameters came back as ParameterStatus already.
+                if srv.defaults.get(&name).is_none() {
+                    self.wanted.set_raw(&name, &value);
+                    srv.overrides.set_raw(&name, &value);
+                }
+            }
+            SetChange::Reset { name } => {
+                if srv.defaults.get(&name).is_none() {
+                    srv.overrides.remove(&name);
+                }
+                match self.route.startup.get(&name).map(str::to_string) {
+                    Some(v) => self.wanted.set(&name, &v, false),
+                    None => self.wanted.remove(&name),
+                }
+            }
+        }
+    }
+
+    /// `RESET ALL` / `DISCARD ALL`: the client's settings go back to the ones
+    /// it logged in with.
+    pub(super) fn reset_wanted(&mut self) {
+        self.wanted = self.route.startup.clone();
+    }
+
+    /// A trackable SET or RESET as the whole unit.
+    fn set_at_head(&self) -> Option<SetChange> {
+        if self.rbuf.first() != Some(&tag::QUERY) || self.rbuf.len() < HEADER_LEN {
+            return None;
+        }
+        let len = frame_len(&self.rbuf, 0)?;
+        let body = self.rbuf.get(HEADER_LEN..len)?;
+        let first = crate::router::first_keyword(body);
+        if !(first.eq_ignore_ascii_case(b"SET") || first.eq_ignore_ascii_case(b"RESET")) {
+            return None;
+        }
+        parse_set(body)
+    }
+
+    /// Looks at the unit at the head of the buffer.
+    fn inspect_unit(&self) -> Unit {
+        let mut unit = Unit {
+            len: None,
+            read: true,
+            single: None,
+            first: None,
+            pin: None,
+        };
+        let policy = self.pools.routing.policy();
+        let classifier = &self.app.classifier;
+        let note = |unit: &mut Unit, s: Summary| {
+            unit.read &= s.target == Class::Replica;
+            if unit.first.is_none() {
+                unit.first = s.first;
+            }
+            if unit.pin.is_none() {
+                unit.pin = s.pins;
+            }
+        };
+        let mut pos = 0;
+        let mut unnamed_parsed = false;
+        while let Some(len) = frame_len(&self.rbuf, pos) {
+            let body = &self.rbuf[pos + HEADER_LEN..pos + len];
+            let tag = self.rbuf[pos];
+            pos += len;
+            match tag {
+                tag::QUERY => {
+                    let sql = body.strip_suffix(b"\0").unwrap_or(body);
+                    let s = classify_bytes(classifier, sql, &policy);
+                    if s.statements == 1 {
+                        unit.single = s.first;
+                    }
+                    note(&mut unit, s);
+                    unit.len = Some(pos);
+                    return unit;
+                }
+                tag::PARSE => {
+                    let Some((name, rest)) = read_cstr(body) else {
+                        unit.read = false;
+                        return unit;
+                    };
+                    let sql = rest.split(|&b| b == 0).next().unwrap_or(b"");
+                    note(&mut unit, classify_bytes(classifier, sql, &policy));
+                    unnamed_parsed |= name.is_empty();
+                }
+                tag::BIND => {
+                    let name = read_cstr(body).and_then(|(_, r)| read_cstr(r)).map(|(n, _)| n);
+                    match name {
+                        Some("") if unnamed_parsed => {}
+                        Some(n) if !n.is_empty() => match self.statements.get(n.as_bytes()) {
+                            Some(bound) => {
+                                let key = bound.statement.key();
+                                let sql = key.split(|&b| b == 0).next().unwrap_or(b"");
+                                note(&mut unit, classify_bytes(classifier, sql, &policy));
+                            }
+                            None => unit.read = false,
+                        },
+                        _ => unit.read = false,
+                    }
+                }
+                tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {}
+                tag::SYNC => {
+                    unit.len = Some(pos);
+                    return unit;
+                }
+                _ => {
+                    unit.read = false;
+                    return unit;
+                }
+            }
+        }
+        unit
+    }
+}
+
+fn classify_bytes(
+    classifier: &crate::router::classify::Classifier,
+    sql: &[u8],
+    policy: &crate::router::functions::FunctionPolicy,
+) -> Summary {
+    match std::str::from_utf8(sql) {
+        Ok(text) => classifier.summarize(text, policy),
+        // Not UTF-8 (another client_encoding): nothing is proven.
+        Err(_) => Summary::primary(),
+    }
+}
+
+/// The length of the complete message at `pos`, if it is all there.
+fn frame_len(buf: &[u8], pos: usize) -> Option<usize> {
+    let h = buf.get(pos..pos + HEADER_LEN)?;
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize + 1;
+    (len >= HEADER_LEN && buf.len() >= pos + len).then_some(len)
+}
+
+/// A case-insensitive whole-word search (the SQL has been parsed already).
+fn contains_word(sql: &[u8], word: &[u8]) -> bool {
+    sql.windows(word.len()).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(word)
+            && (i == 0 || !sql[i - 1].is_ascii_alphanumeric())
+            && sql
+                .get(i + word.len())
+                .is_none_or(|c| !c.is_ascii_alphanumeric())
+    })
+}
+
+/// Pins counted by reason, for the logs now and the metrics later.
+#[derive(Default)]
+pub struct PinCounts {
+    pub temp_table: std::sync::atomic::AtomicU64,
+    pub advisory_lock: std::sync::atomic::AtomicU64,
+    pub with_hold_cursor: std::sync::atomic::AtomicU64,
+    pub listen: std::sync::atomic::AtomicU64,
+}
+
+impl PinCounts {
+    pub fn count(&self, reason: PinReason) {
+        let c = match reason {
+            PinReason::TempTable => &self.temp_table,
+            PinReason::AdvisoryLock => &self.advisory_lock,
+            PinReason::WithHoldCursor => &self.with_hold_cursor,
+            PinReason::Listen => &self.listen,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
