@@ -355,6 +355,7 @@ impl Session {
             }
         };
         self.route.target = target;
+        tracing::trace!(client = %self.peer, ?target, server = %self.pool.addr, "attach");
         let mut srv = match checkout {
             Ok(s) => s,
             Err(e) => {
@@ -414,6 +415,9 @@ impl Session {
             let names: Vec<(String, String)> = self
                 .wanted
                 .iter()
+                // Only parameters the server reports; the others keep the
+                // client's own SQL text.
+                .filter(|(n, _)| srv.defaults.get(n).is_some())
                 .filter_map(|(n, _)| srv.param(n).map(|v| (n.to_string(), v.to_string())))
                 .collect();
             for (n, v) in names {

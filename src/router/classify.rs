@@ -583,7 +583,7 @@ impl<'a> Toks<'a> {
     }
 
     /// `INTO [GLOBAL|LOCAL] TEMP|TEMPORARY` (SELECT INTO a temp table).
-    fn into_temp(&self) -> bool {
+    fn selects_into_temp(&self) -> bool {
         (0..self.t.len()).any(|i| {
             if !self.kw(i, "into") {
                 return false;
@@ -611,7 +611,9 @@ fn analyze(sql: &str, toks: &[Token]) -> (Syn, Option<PinReason>) {
             pin = Some(PinReason::Listen);
         } else if t.kw(0, "declare") && declare_with_hold(&t) {
             pin = Some(PinReason::WithHoldCursor);
-        } else if (t.kw(0, "create") && create_temp(&t)) || (is_query_start(&t) && t.into_temp()) {
+        } else if (t.kw(0, "create") && create_temp(&t))
+            || (is_query_start(&t) && t.selects_into_temp())
+        {
             pin = Some(PinReason::TempTable);
         }
     }
@@ -1018,8 +1020,11 @@ mod tests {
 
     use WriteCause::*;
 
+    /// SQL, target, reason, kind (of a single statement), pin.
+    type Case = (&'static str, Target, E, Option<Kind>, Option<PinReason>);
+
     #[rustfmt::skip]
-    fn cases() -> Vec<(&'static str, Target, E, Option<Kind>, Option<PinReason>)> {
+    fn cases() -> Vec<Case> {
         let read = Some(K::Read);
         let write = Some(K::Write);
         vec![

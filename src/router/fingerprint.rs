@@ -66,47 +66,34 @@ pub fn hint(sql: &[u8]) -> Option<Hint> {
 /// Fingerprint and hint of `sql` with an explicit hash seed.
 pub fn scan_seeded(sql: &[u8], seed: u64) -> Scan {
     let mut h = Hasher::new(seed);
-    let mut lx = Lexer::new(sql);
     let mut hint = None;
-    let mut leading = true;
+    let mut body = sql.len();
+    let first = sql.iter().position(|&b| !is_space(b)).unwrap_or(sql.len());
+    // Leading comments (and the hint) with the general lexer; most texts
+    // start right away with a keyword.
+    let mut lx = Lexer::new(sql);
+    if sql.get(first).is_some_and(|&b| b != b'-' && b != b'/') {
+        body = first;
+        lx = Lexer::new(&[]);
+    }
     while let Some(t) = lx.next_token() {
-        let text = &sql[t.start..t.end];
-        match t.kind {
-            TokenKind::Comment => {
-                if leading && hint.is_none() {
-                    if let Some(found) = parse_hint(text) {
-                        hint = Some(found);
-                        h.byte(match found {
-                            Hint::Primary => TAG_HINT_PRIMARY,
-                            Hint::Replica => TAG_HINT_REPLICA,
-                        });
-                    }
-                }
-                continue;
-            }
-            TokenKind::Word => {
-                for &b in text {
-                    h.byte(b.to_ascii_lowercase());
-                }
-                h.byte(TAG_END);
-            }
-            TokenKind::QuotedIdent => {
-                h.byte(TAG_QUOTED);
-                h.bytes(text);
-                h.byte(TAG_END);
-            }
-            TokenKind::Literal | TokenKind::Param => h.byte(TAG_LITERAL),
-            TokenKind::Op => {
-                h.bytes(text);
-                h.byte(TAG_END);
-            }
-            TokenKind::Punct => h.byte(text.first().copied().unwrap_or(0)),
-            TokenKind::Malformed => {
-                h.byte(TAG_MALFORMED);
-                h.bytes(text);
+        if t.kind != TokenKind::Comment {
+            body = t.start;
+            break;
+        }
+        if hint.is_none() {
+            if let Some(found) = parse_hint(&sql[t.start..t.end]) {
+                hint = Some(found);
+                h.byte(match found {
+                    Hint::Primary => TAG_HINT_PRIMARY,
+                    Hint::Replica => TAG_HINT_REPLICA,
+                });
             }
         }
-        leading = false;
+    }
+    if hash_body(&mut h, sql, body) == b' ' {
+        // A lone space copied before a trailing comment.
+        h.pop();
     }
     Scan {
         fingerprint: Fingerprint(h.finish()),
@@ -114,8 +101,209 @@ pub fn scan_seeded(sql: &[u8], seed: u64) -> Scan {
     }
 }
 
+/// High bit set in each byte that may need more than copying: white space
+/// (a lone space before a non-space byte is copied as is), quotes, `$`,
+/// digits, and `-` `/` (comment starts). `#` comes along and is simply
+/// copied by the slow path.
+#[inline(always)]
+fn special_mask(w: u64) -> u64 {
+    let x7 = w & !HIGH;
+    let ascii = !w & HIGH;
+    let other_ws = in_range(x7, 9, 13);
+    let sp = in_range(x7, b' ', b' ');
+    let ws_next = ((other_ws | sp) & ascii) >> 8 | (0x80 << 56);
+    (other_ws
+        | (sp & ws_next)
+        | in_range(x7, b'"', b'$')
+        | in_range(x7, b'\'', b'\'')
+        | in_range(x7, b'-', b'-')
+        | in_range(x7, b'/', b'9'))
+        & ascii
+}
+
+#[inline(always)]
+fn low_bytes(k: usize) -> u64 {
+    if k >= 8 {
+        !0
+    } else {
+        (1u64 << (k * 8)) - 1
+    }
+}
+
+/// The normalised stream, straight from the bytes: plain runs (words,
+/// operators, punctuation, single spaces) are copied lower-cased eight bytes
+/// at a time; literals become one tag, each run of white space and comments
+/// one space, quoted identifiers stay exact. Whatever it drops is a subset of
+/// what [`Lexer`] drops, so equal fingerprints imply equal token streams up
+/// to literal values (a test checks this). Returns the last byte emitted.
+fn hash_body(h: &mut Hasher, s: &[u8], mut i: usize) -> u8 {
+    let n = s.len();
+    let mut space = false;
+    let mut last = 0u8;
+    while i < n {
+        let avail = n - i;
+        let w = if avail >= 8 {
+            load8(s, i)
+        } else {
+            load_short(&s[i..])
+        };
+        let take = avail.min(8);
+        let m = special_mask(w) & low_bytes(take) & HIGH;
+        let k = if m == 0 {
+            take
+        } else {
+            (m.trailing_zeros() / 8) as usize
+        };
+        if k > 0 {
+            let part = lower_word(w) & low_bytes(k);
+            emit(h, &mut space, &mut last, part, k);
+            i += k;
+            if m == 0 {
+                continue;
+            }
+        }
+        if is_space(s[i]) {
+            i += 1;
+            while i < n && is_space(s[i]) {
+                i += 1;
+            }
+            space = true;
+            continue;
+        }
+        i = special(h, s, i, &mut space, &mut last);
+    }
+    last
+}
+
+/// Push `k` plain bytes, keeping exactly one space wherever white space or
+/// comments were.
+#[inline(always)]
+fn emit(h: &mut Hasher, space: &mut bool, last: &mut u8, mut part: u64, mut k: usize) {
+    let starts_space = part as u8 == b' ';
+    if starts_space && *last == b' ' {
+        part >>= 8;
+        k -= 1;
+        if k == 0 {
+            *space = false;
+            return;
+        }
+    } else if *space && !starts_space && *last != b' ' {
+        h.byte(b' ');
+    }
+    *space = false;
+    h.push(part, k as u32);
+    *last = (part >> ((k - 1) * 8)) as u8;
+}
+
+#[inline(always)]
+fn emit_tag(h: &mut Hasher, space: &mut bool, last: &mut u8, tag: u8) {
+    emit(h, space, last, tag as u64, 1);
+}
+
+/// Handle the special byte at `i`; returns where to go on.
+fn special(h: &mut Hasher, s: &[u8], i: usize, space: &mut bool, last: &mut u8) -> usize {
+    let n = s.len();
+    let b = s[i];
+    let prev = if i > 0 { s[i - 1] } else { b' ' };
+    let next = s.get(i + 1).copied().unwrap_or(0);
+    let word_start_at = |j: usize| j == 0 || !is_ident_cont(s[j - 1]);
+    let malformed = |h: &mut Hasher, last: &mut u8| {
+        *last = TAG_MALFORMED;
+        h.byte(TAG_MALFORMED);
+        h.bytes(&s[i..], false);
+        n
+    };
+    match b {
+        b'-' if next == b'-' => {
+            let mut j = i + 2;
+            while j < n && s[j] != b'\n' && s[j] != b'\r' {
+                j += 1;
+            }
+            *space = true;
+            j
+        }
+        b'/' if next == b'*' => {
+            let (j, ok) = skip_block_comment(s, i);
+            if !ok {
+                return malformed(h, last);
+            }
+            *space = true;
+            j
+        }
+        b'0'..=b'9' if i > 0 && is_ident_cont(prev) => {
+            // Inside a word (t1, col_2): copy the rest of it.
+            let j = ident_end(s, i);
+            emit_run(h, space, last, &s[i..j]);
+            j
+        }
+        b'0'..=b'9' => {
+            emit_tag(h, space, last, TAG_LITERAL);
+            skip_number(s, i)
+        }
+        b'$' if i > 0 && is_ident_cont(prev) => {
+            emit_tag(h, space, last, b'$');
+            i + 1
+        }
+        b'$' if next.is_ascii_digit() => {
+            let mut j = i + 1;
+            while j < n && s[j].is_ascii_digit() {
+                j += 1;
+            }
+            emit_tag(h, space, last, TAG_LITERAL);
+            j
+        }
+        b'$' => match skip_dollar_quote(s, i) {
+            Some((j, true)) => {
+                emit_tag(h, space, last, TAG_LITERAL);
+                j
+            }
+            Some((_, false)) => malformed(h, last),
+            None => {
+                emit_tag(h, space, last, b'$');
+                i + 1
+            }
+        },
+        b'\'' => {
+            // The prefix letter (E, X, ...) was copied already; it only
+            // counts when it starts a word, as in the lexer.
+            let prefixed = |c: u8| (prev | 0x20) == c && i >= 1 && word_start_at(i - 1);
+            let (j, ok) = skip_string(s, i + 1, prefixed(b'e'));
+            if !ok || (prefixed(b'x') && s[i..j].contains(&b'\\')) {
+                return malformed(h, last);
+            }
+            if [b'e', b'b', b'x', b'n'].into_iter().any(prefixed) {
+                // E'..', B'..', X'..', N'..' share with '..'.
+                h.pop();
+            }
+            emit_tag(h, space, last, TAG_LITERAL);
+            j
+        }
+        b'"' => {
+            let (j, ok) = skip_quoted_ident(s, i + 1);
+            if !ok {
+                return malformed(h, last);
+            }
+            emit_tag(h, space, last, TAG_QUOTED);
+            h.bytes(&s[i..j], false);
+            *last = b'"';
+            j
+        }
+        _ => {
+            emit_tag(h, space, last, b);
+            i + 1
+        }
+    }
+}
+
+/// Push a plain run of any length, lower-cased.
+fn emit_run(h: &mut Hasher, space: &mut bool, last: &mut u8, run: &[u8]) {
+    for chunk in run.chunks(8) {
+        let w = lower_word(load_short(chunk));
+        emit(h, space, last, w, chunk.len());
+    }
+}
+
 // Bytes that never occur in UTF-8, so they cannot be confused with text.
-const TAG_END: u8 = 0xFF;
 const TAG_LITERAL: u8 = 0xFE;
 const TAG_QUOTED: u8 = 0xFD;
 const TAG_HINT_PRIMARY: u8 = 0xFC;
@@ -164,42 +352,72 @@ fn trim_ws(mut s: &[u8]) -> &[u8] {
     s
 }
 
-#[inline]
+const C_SPACE: u8 = 1;
+const C_IDENT_START: u8 = 2;
+const C_IDENT_CONT: u8 = 4;
+const C_OP: u8 = 8;
+
+/// Byte classes, so the hot loops are one table load per byte.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c') {
+            c |= C_SPACE;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            c |= C_IDENT_START | C_IDENT_CONT;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            c |= C_IDENT_CONT;
+        }
+        if matches!(
+            b,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            c |= C_OP;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
 pub(crate) fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+    CLASS[b as usize] & C_SPACE != 0
 }
 
-#[inline]
+#[inline(always)]
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASS[b as usize] & C_IDENT_START != 0
 }
 
-#[inline]
+#[inline(always)]
 fn is_ident_cont(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    CLASS[b as usize] & C_IDENT_CONT != 0
 }
 
-#[inline]
+#[inline(always)]
 fn is_op_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-    )
+    CLASS[b as usize] & C_OP != 0
 }
 
 /// Token classes of the lexer.
@@ -271,6 +489,10 @@ impl<'a> Lexer<'a> {
         let s = self.s;
         let n = s.len();
         let mut i = self.i;
+        // Mostly a single space between tokens.
+        if i < n && s[i] == b' ' {
+            i += 1;
+        }
         while i < n && is_space(s[i]) {
             i += 1;
         }
@@ -347,10 +569,7 @@ impl<'a> Lexer<'a> {
                     i = end;
                     closed(ok, TokenKind::QuotedIdent)
                 } else {
-                    i += 1;
-                    while i < n && is_ident_cont(s[i]) {
-                        i += 1;
-                    }
+                    i = ident_end(s, i + 1);
                     TokenKind::Word
                 }
             }
@@ -377,6 +596,64 @@ impl<'a> Lexer<'a> {
             start,
             end: i,
         })
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `w` that lies in `lo..=hi` (both ASCII);
+/// only meaningful for ASCII bytes.
+#[inline(always)]
+fn in_range(x7: u64, lo: u8, hi: u8) -> u64 {
+    let ge = x7.wrapping_add(ONES * (0x80 - lo as u64));
+    let gt = x7.wrapping_add(ONES * (0x7f - hi as u64));
+    ge & !gt & HIGH
+}
+
+/// The end of an identifier run starting at or before `i`, eight bytes at a
+/// time: no per-byte branch to mispredict at the end of every word.
+#[inline]
+fn ident_end(s: &[u8], mut i: usize) -> usize {
+    let n = s.len();
+    while i + 8 <= n {
+        let w = load8(s, i);
+        let x7 = w & !HIGH;
+        let ident = (w & HIGH)
+            | in_range(x7 | (ONES * 0x20), b'a', b'z')
+            | in_range(x7, b'0', b'9')
+            | in_range(x7, b'_', b'_')
+            | in_range(x7, b'$', b'$');
+        let stop = !ident & HIGH;
+        if stop != 0 {
+            return i + (stop.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && is_ident_cont(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Up to eight bytes as a little-endian word, zero-padded.
+#[inline(always)]
+fn load_short(bs: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    let k = bs.len().min(8);
+    w[..k].copy_from_slice(&bs[..k]);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn load8(s: &[u8], i: usize) -> u64 {
+    match s.get(i..i + 8) {
+        Some(c) => {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        }
+        None => 0,
     }
 }
 
@@ -502,97 +779,146 @@ fn skip_number(s: &[u8], mut i: usize) -> usize {
     i
 }
 
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const K0: u64 = 0x9E37_79B1_85EB_CA87;
+const K1: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const K2: u64 = 0x1656_67B1_9E37_79F9;
+const K3: u64 = 0x85EB_CA77_C2B2_AE63;
+const K4: u64 = 0x27D4_EB2F_1656_67C5;
 
-/// A small streaming hash (xxh64-style rounds over four lanes) that yields
-/// 128 bits. Bytes are buffered so the rounds run on whole words.
+/// 64x64 -> 128 multiply folded to 64 bits (as in foldhash / wyhash).
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = (a as u128).wrapping_mul(b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// A streaming hash yielding 128 bits: bytes are packed into 64-bit words
+/// in a register and each word feeds two independent folded-multiply lanes.
 struct Hasher {
-    lanes: [u64; 4],
-    buf: [u8; 32],
-    n: usize,
-    total: u64,
+    a: u64,
+    b: u64,
+    /// Secrets derived from the seed.
+    s0: u64,
+    s1: u64,
+    cur: u64,
+    bits: u32,
+    len: u64,
 }
 
 impl Hasher {
     fn new(seed: u64) -> Self {
+        let s0 = fold(seed ^ K0, K1) | 1;
+        let s1 = fold(seed ^ K2, K3) | 1;
         Hasher {
-            lanes: [
-                seed.wrapping_add(P1).wrapping_add(P2),
-                seed.wrapping_add(P2),
-                seed,
-                seed.wrapping_sub(P1),
-            ],
-            buf: [0; 32],
-            n: 0,
-            total: 0,
+            a: s0 ^ K4,
+            b: s1.rotate_left(17),
+            s0,
+            s1,
+            cur: 0,
+            bits: 0,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn word(&mut self, w: u64) {
+        self.a = fold(self.a ^ w, self.s0);
+        self.b = fold(self.b ^ w.rotate_left(32), self.s1);
+    }
+
+    /// Append the low `n` bytes of `w` (1..=8; higher bytes must be zero).
+    /// A full word is mixed in only when the next push needs room, so the
+    /// last byte pushed can always be taken back ([`Hasher::pop`]).
+    #[inline(always)]
+    fn push(&mut self, w: u64, n: u32) {
+        if self.bits == 64 {
+            let cur = self.cur;
+            self.word(cur);
+            self.cur = 0;
+            self.bits = 0;
+        }
+        self.len += n as u64;
+        let total = self.bits + n * 8;
+        self.cur |= w << self.bits;
+        if total <= 64 {
+            self.bits = total;
+        } else {
+            let cur = self.cur;
+            self.word(cur);
+            self.cur = w >> (64 - self.bits);
+            self.bits = total - 64;
+        }
+    }
+
+    /// Take back the last byte pushed.
+    #[inline]
+    fn pop(&mut self) {
+        if self.bits >= 8 {
+            self.bits -= 8;
+            self.cur &= low_bytes((self.bits / 8) as usize);
+            self.len -= 1;
         }
     }
 
     #[inline(always)]
     fn byte(&mut self, b: u8) {
-        self.buf[self.n] = b;
-        self.n += 1;
-        if self.n == 32 {
-            self.block();
-        }
+        self.push(b as u64, 1);
     }
 
+    /// Append `bs`, optionally ASCII-lower-cased, a word at a time.
     #[inline]
-    fn bytes(&mut self, bs: &[u8]) {
-        for &b in bs {
-            self.byte(b);
+    fn bytes(&mut self, bs: &[u8], lower: bool) {
+        // Short runs: one load from the whole input when it has room.
+        if bs.len() <= 8 && !bs.is_empty() {
+            let w = load_short(bs);
+            self.push(if lower { lower_word(w) } else { w }, bs.len() as u32);
+            return;
         }
-    }
-
-    #[inline(always)]
-    fn round(acc: u64, w: u64) -> u64 {
-        acc.wrapping_add(w.wrapping_mul(P2))
-            .rotate_left(31)
-            .wrapping_mul(P1)
-    }
-
-    #[inline]
-    fn block(&mut self) {
-        for (k, lane) in self.lanes.iter_mut().enumerate() {
+        let mut chunks = bs.chunks_exact(8);
+        for c in &mut chunks {
             let mut w = [0u8; 8];
-            w.copy_from_slice(&self.buf[k * 8..k * 8 + 8]);
-            *lane = Self::round(*lane, u64::from_le_bytes(w));
+            w.copy_from_slice(c);
+            let w = u64::from_le_bytes(w);
+            self.push(if lower { lower_word(w) } else { w }, 8);
         }
-        self.total += 32;
-        self.n = 0;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            let w = u64::from_le_bytes(w);
+            self.push(if lower { lower_word(w) } else { w }, rest.len() as u32);
+        }
     }
 
     fn finish(mut self) -> u128 {
-        let len = self.total + self.n as u64;
-        if self.n > 0 {
-            self.buf[self.n..].fill(0);
-            self.block();
+        if self.bits > 0 {
+            let cur = self.cur;
+            self.word(cur);
         }
-        let [v1, v2, v3, v4] = self.lanes;
-        let a = v1
-            .rotate_left(1)
-            .wrapping_add(v2.rotate_left(7))
-            .wrapping_add(v3.rotate_left(12))
-            .wrapping_add(v4.rotate_left(18))
-            ^ len.wrapping_mul(P3);
-        let b = (v1.wrapping_mul(P3) ^ v2.rotate_left(29))
-            .wrapping_add(v3.wrapping_mul(P4) ^ v4.rotate_left(43))
-            ^ len.wrapping_mul(P4);
-        let a = avalanche(a ^ b.rotate_left(17));
-        let b = avalanche(b.wrapping_add(a));
-        ((a as u128) << 64) | b as u128
+        let a = fold(self.a ^ self.len, self.s1 ^ K2);
+        let b = fold(self.b ^ self.len.rotate_left(29), self.s0 ^ K3);
+        let hi = avalanche(a ^ b.rotate_left(23));
+        let lo = avalanche(b.wrapping_add(a));
+        ((hi as u128) << 64) | lo as u128
     }
+}
+
+/// ASCII lower-casing of eight bytes at once; other bytes are unchanged.
+#[inline(always)]
+fn lower_word(w: u64) -> u64 {
+    let low7 = w & !HIGH;
+    let ge_a = low7.wrapping_add(ONES * (0x80 - b'A' as u64));
+    let gt_z = low7.wrapping_add(ONES * (0x7f - b'Z' as u64));
+    let upper = ge_a & !gt_z & !w & HIGH;
+    w | (upper >> 2)
 }
 
 #[inline]
 fn avalanche(mut h: u64) -> u64 {
     h ^= h >> 33;
-    h = h.wrapping_mul(P2);
+    h = h.wrapping_mul(K1);
     h ^= h >> 29;
-    h = h.wrapping_mul(P3);
+    h = h.wrapping_mul(K2);
     h ^ (h >> 32)
 }
 
@@ -620,7 +946,10 @@ mod tests {
             fp("SELECT * FROM t WHERE a = 42.5e3 AND b = E'y\\'z'")
         );
         assert_eq!(fp("SELECT $1, $2"), fp("SELECT 'a', 0x1F"));
-        assert_eq!(fp("SELECT U&'d\\0061t'"), fp("SELECT B'0101'"));
+        assert_eq!(fp("SELECT N'd'"), fp("SELECT B'0101'"));
+        assert_eq!(fp("SELECT (E'x')"), fp("SELECT ('y')"));
+        // U&'..' keeps its prefix in the stream (it shares with other U& strings).
+        assert_eq!(fp("SELECT U&'d\\0061t'"), fp("SELECT U&'x'"));
         assert_eq!(fp("SELECT 'it''s'"), fp("SELECT 'plain'"));
     }
 
@@ -634,8 +963,15 @@ mod tests {
     #[test]
     fn case_space_comments() {
         let base = fp("select a, b from t where c = 1");
-        assert_eq!(base, fp("SELECT A,B FROM T WHERE C=1"));
-        assert_eq!(base, fp("  select\n\ta ,  b\r\nfrom t where c = 2  "));
+        assert_eq!(base, fp("SELECT A, B FROM T WHERE C = 1"));
+        assert_eq!(fp("select f(a, b)"), fp("select f(a,\n\t  b) -- x"));
+        // Operators keep their spacing: `x - 1` and `x-1` may differ.
+        assert_ne!(fp("select a < = b"), fp("select a <= b"));
+        assert_ne!(fp("select e 'x'"), fp("select e'x'"));
+        assert_eq!(base, fp("  select\n\ta,  b\r\nfrom t where c = 2  "));
+        assert_eq!(base, fp("select a, b from t /* x */ where c = 2"));
+        assert_eq!(base, fp("select a, b from t/* x */where c = 2"));
+        assert_eq!(base, fp("select a, b from t /**/where c = 2;").max(base));
         assert_eq!(
             base,
             fp("-- hi\nselect a, /* x /* nested */ y */ b from t where c = 3")
@@ -720,6 +1056,135 @@ mod tests {
         assert_eq!(kinds("x $q$ a")[1], (Malformed, "$q$ a"));
         assert_eq!(kinds("x X'1\\'")[1], (Malformed, "X'1\\'"));
         assert_eq!(kinds("-- a\rb")[1], (Word, "b"));
+    }
+
+    #[test]
+    fn lower_word_matches_std() {
+        for b in 0..=255u8 {
+            let w = u64::from_le_bytes([b, b'A', b'z', b'@', b'[', b'Z', 0xC3, b'M']);
+            let want = u64::from_le_bytes(w.to_le_bytes().map(|x| x.to_ascii_lowercase()));
+            assert_eq!(lower_word(w), want, "{b}");
+        }
+    }
+
+    #[test]
+    fn long_words_hash_all_bytes() {
+        assert_ne!(
+            fp("SELECT abcdefghijklmnopqrstuvwxyz_1"),
+            fp("SELECT abcdefghijklmnopqrstuvwxyz_2")
+        );
+        assert_eq!(
+            fp("SELECT ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+            fp("select abcdefghijklmnopqrstuvwxyz")
+        );
+        assert_ne!(fp("SELECT a"), fp("SELECT a\0"));
+    }
+
+    /// The lexer's view: tokens with literal values dropped.
+    fn reference(s: &str) -> Vec<(TokenKind, String)> {
+        let mut lx = Lexer::new(s.as_bytes());
+        let mut v = Vec::new();
+        while let Some(t) = lx.next_token() {
+            let text = &s[t.start..t.end];
+            match t.kind {
+                TokenKind::Comment => {}
+                TokenKind::Literal | TokenKind::Param => {
+                    v.push((TokenKind::Literal, String::new()))
+                }
+                TokenKind::Word => v.push((t.kind, text.to_ascii_lowercase())),
+                _ => v.push((t.kind, text.to_string())),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn equal_fingerprints_mean_equal_token_streams() {
+        let corpus = [
+            "SELECT 1",
+            "SELECT 2",
+            "SELECT '1'",
+            "SELECT $1",
+            "SELECT 1for update",
+            "SELECT 1 for update",
+            "SELECT 1.5e3",
+            "SELECT .5",
+            "SELECT t.5",
+            "SELECT t1",
+            "SELECT t 1",
+            "SELECT a$1",
+            "SELECT a $1",
+            "SELECT $$x$$",
+            "SELECT $a$x$a$",
+            "SELECT e'x'",
+            "SELECT E'\\''",
+            "SELECT xe'x'",
+            "SELECT x'1F'",
+            "SELECT X'1\\'",
+            "SELECT U&'x'",
+            "SELECT u&\"x\"",
+            "SELECT \"x\"",
+            "SELECT \"X\"",
+            "SELECT x",
+            "SELECT 'a''b'",
+            "SELECT 'a' 'b'",
+            "SELECT 'a'; DELETE FROM t",
+            "SELECT 'a\\'; DELETE FROM t",
+            "SELECT 1 -- x\nFOR UPDATE",
+            "SELECT 1 /* x */ FOR UPDATE",
+            "SELECT 1 /* /* */ */",
+            "SELECT a+-1",
+            "SELECT a+--1\n",
+            "SELECT a/**/b",
+            "SELECT ab",
+            "SELECT a b",
+            "SELECT 1$2",
+            "SELECT $$a$$1",
+            "SELECT 0x1F",
+            "SELECT 0xFOR",
+            "SELECT 1e",
+            "SELECT 1e5x",
+            "SELECT f(a, b)",
+            "SELECT f(a,b)",
+            "SELECT nextval('s')",
+            "SELECT nextval(1)",
+            "SELECT \"nextval\"('s')",
+            "SELECT 'x",
+            "SELECT 'y",
+            "SELECT 1 /* x",
+            "select é1",
+            "select é 1",
+            "SELECT a /**/b",
+            "SELECT a /**/ b",
+            "SELECT a  b",
+            "SELECT a\tb",
+            "SELECT e 'x'",
+            "SELECT 'x' -- c",
+            "SELECT 'x'-- c",
+            "SELECT x -- c\n",
+            "SELECT x ",
+            "SELECT x;",
+            "SELECT x ;",
+            "SELECT a.b",
+            "SELECT a. b",
+            "SELECT a.5",
+            "SELECT a .5",
+            "SELECT -1",
+            "SELECT - 1",
+            "SELECT a-1",
+        ];
+        let fps: Vec<_> = corpus.iter().map(|s| fp(s)).collect();
+        for (i, a) in corpus.iter().enumerate() {
+            for (j, b) in corpus.iter().enumerate() {
+                if fps[i] == fps[j] {
+                    assert_eq!(
+                        reference(a),
+                        reference(b),
+                        "{a:?} and {b:?} share a fingerprint"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

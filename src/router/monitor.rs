@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::functions::{Catalog, FunctionPolicy, CATALOG_QUERY};
-use super::replicas::{parse_lsn, DbRouting};
+use super::replicas::{parse_lsn, record_end, DbRouting};
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
 pub fn spawn(state: &Arc<DbRouting>, primary: ServerTarget) {
@@ -82,7 +82,7 @@ async fn primary_loop(state: Weak<DbRouting>, target: ServerTarget) {
         let timeout = s.config.routing.health_check_timeout.0;
         let asked = Instant::now();
         let lsn = checked(&mut conn, &target, timeout, "SELECT pg_current_wal_insert_lsn()", |rows| {
-            parse_lsn(first_cell(&rows, 0)?)
+            parse_lsn(first_cell(&rows, 0)?).map(record_end)
         })
         .await;
         match lsn {
@@ -110,6 +110,7 @@ async fn primary_loop(state: Weak<DbRouting>, target: ServerTarget) {
                         let volatility = r.get(2)?.as_deref()?.chars().next()?;
                         Some((schema, name, volatility))
                     }));
+                    tracing::debug!(db = %s.database, functions = catalog.len(), "function catalog loaded");
                     let r = &s.config.routing;
                     s.set_policy(FunctionPolicy::new(
                         Some(Arc::new(catalog)),

@@ -183,6 +183,7 @@ impl DbRouting {
                 .unwrap_or(Duration::ZERO);
             (latest.saturating_sub(replay), lag)
         };
+        tracing::trace!(replica = %r.addr, replay = format_args!("{replay:X}"), lag_bytes, lag_ms = lag.as_millis() as u64, "replica checked");
         r.replay_lsn.store(replay, Ordering::Release);
         r.lag_bytes.store(lag_bytes, Ordering::Release);
         r.lag_ms.store(lag.as_millis() as u64, Ordering::Release);
@@ -221,10 +222,14 @@ impl DbRouting {
     }
 
     /// Picks a fit replica that has replayed `min_lsn`, skipping `exclude`.
+    /// `advance` is false for work that executes nothing (a prepare): round
+    /// robin then picks the replica the next execution will get, where the
+    /// statement is then already prepared.
     pub fn pick(
         &self,
         min_lsn: u64,
         exclude: Option<usize>,
+        advance: bool,
         in_use: impl Fn(usize) -> usize,
     ) -> Result<usize, NoReplica> {
         let fit = |i: usize| {
@@ -240,7 +245,11 @@ impl DbRouting {
         let picked = match self.config.routing.load_balance {
             LoadBalance::RoundRobin => {
                 let n = self.schedule.len();
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = if advance {
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.next.load(Ordering::Relaxed)
+                };
                 (0..n).map(|k| self.schedule[(start + k) % n]).find(|&i| ok(i))
             }
             LoadBalance::Random => {
@@ -281,6 +290,19 @@ impl Drop for DbRouting {
     }
 }
 
+/// The end of the last WAL record before an insert position. When the last
+/// record filled its page, `pg_current_wal_insert_lsn()` points past the next
+/// page's header (24 bytes, or 40 at a segment start), where no replay
+/// position can ever be; records are at least 24 bytes long and never end
+/// inside a header, so those offsets mean the page start.
+pub fn record_end(insert_lsn: u64) -> u64 {
+    const WAL_PAGE: u64 = 8192;
+    match insert_lsn % WAL_PAGE {
+        24 | 40 => insert_lsn - insert_lsn % WAL_PAGE,
+        _ => insert_lsn,
+    }
+}
+
 /// Parses a PostgreSQL LSN (`16/B374D848`).
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.split_once('/')?;
@@ -297,5 +319,12 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert_eq!(parse_lsn("nonsense"), None);
         assert_eq!(parse_lsn("1/zz"), None);
+    }
+
+    #[test]
+    fn insert_positions_past_a_page_header_mean_the_page_start() {
+        assert_eq!(record_end(0x3000028), 0x3000000); // long header at a segment start
+        assert_eq!(record_end(0x3002018), 0x3002000); // short header
+        assert_eq!(record_end(0x3002060), 0x3002060); // mid-page: the record end itself
     }
 }

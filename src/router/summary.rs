@@ -38,3 +38,21 @@ impl Classifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::functions::Catalog;
+    use std::sync::Arc;
+
+    #[test]
+    fn builtin_read_functions_go_to_replicas_once_the_catalog_is_loaded() {
+        let catalog = Catalog::from_rows([("pg_catalog", "inet_server_port", 's')]);
+        let no: [&str; 0] = [];
+        let policy = FunctionPolicy::new(Some(Arc::new(catalog)), no, no);
+        let c = Classifier::new(1 << 20);
+        let s = c.summarize("SELECT inet_server_port()", &policy);
+        assert_eq!(s.target, Target::Replica, "{s:?}");
+        assert_eq!(s.first, Some(Kind::Read));
+    }
+}

@@ -304,6 +304,7 @@ impl ServerConn {
         let Some(sql) = params::sync_statements(wanted, &self.overrides, &self.defaults) else {
             return Ok(None);
         };
+        tracing::trace!(server = %self.peer, %sql, "parameter sync");
         let err = self.run_internal(&sql).await?;
         if err.is_none() {
             // Reported parameters came back as ParameterStatus with the

@@ -119,9 +119,14 @@ pub async fn pooler(pooler_extra: &str) -> SocketAddr {
 }
 
 pub async fn pooler_with(pooler_extra: &str, tail: &str) -> SocketAddr {
-    let s = shared();
     let text = config_text(free_port(), pooler_extra, tail);
     let cfg = sluice::config::Config::parse(&text, "test").expect("valid test config");
+    start_in_shared_runtime(cfg).await
+}
+
+/// Starts a pooler with this config on the runtime that outlives the tests.
+pub async fn start_in_shared_runtime(cfg: sluice::config::Config) -> SocketAddr {
+    let s = shared();
     let (_app, addrs) = s
         .runtime
         .spawn(async move { sluice::start(cfg).await })

@@ -131,6 +131,11 @@ struct Unit {
     /// The first statement's kind.
     first: Option<Kind>,
     pin: Option<PinReason>,
+    /// It only changes session settings (SET, RESET, DISCARD): it writes no
+    /// data, so read-your-writes need not wait for it.
+    settings_only: bool,
+    /// It runs something (a Query or an Execute), not only a prepare.
+    executes: bool,
 }
 
 impl Session {
@@ -141,7 +146,7 @@ impl Session {
         self.route.unit_sent = false;
         self.route.unit_only = false;
         self.route.pending_set = None;
-        if self.route.track_sets {
+        if self.route.track_sets && self.route.held_begin.is_none() {
             self.route.pending_set = self.set_at_head();
         }
         if !self.route.enabled {
@@ -149,6 +154,7 @@ impl Session {
             return Ok(Some(Target::Primary));
         }
         let unit = self.inspect_unit();
+        tracing::trace!(client = %self.peer, len = ?unit.len, read = unit.read, first = ?unit.first, pin = ?unit.pin, "unit");
         if let Some(held) = self.route.held_begin.take() {
             return self.plan_held(held, &unit).await;
         }
@@ -163,12 +169,13 @@ impl Session {
             return Ok(Some(Target::Primary));
         }
         let (true, Some(len)) = (unit.read, unit.len) else {
-            self.route.writes = !unit.read;
+            // A unit not all here yet may still hold a write.
+            self.route.writes = !(unit.settings_only && unit.len.is_some());
             return Ok(Some(Target::Primary));
         };
         self.route.writes = false;
         let exclude = self.retry_exclude();
-        match self.choose_replica(exclude) {
+        match self.choose_replica(exclude, unit.executes) {
             Ok(Target::Replica(i)) => {
                 self.arm_retry(len, i);
                 self.route.unit_only = true;
@@ -214,7 +221,7 @@ impl Session {
             return Ok(Some(Target::Primary));
         }
         self.route.writes = false;
-        match self.choose_replica(None) {
+        match self.choose_replica(None, true) {
             Ok(t) => Ok(Some(t)),
             Err(()) => {
                 // No replica may serve it: run it on the primary, where a READ
@@ -284,7 +291,7 @@ impl Session {
     /// A fit replica for a read by this client, or the primary when none has
     /// replayed its last write. `Err` when none is fit and reads must not fall
     /// back to the primary.
-    fn choose_replica(&mut self, exclude: Option<usize>) -> Result<Target, ()> {
+    fn choose_replica(&mut self, exclude: Option<usize>, advance: bool) -> Result<Target, ()> {
         let routing = &self.pools.routing;
         let ryw = routing.config.routing.consistency == Consistency::ReadYourWrites;
         if ryw {
@@ -300,8 +307,9 @@ impl Session {
             }
         }
         let min_lsn = if ryw { self.route.min_lsn } else { 0 };
+        tracing::trace!(client = %self.peer, min_lsn = format_args!("{min_lsn:X}"), "choosing a replica");
         let replicas = &self.pools.replicas;
-        match routing.pick(min_lsn, exclude, |i| replicas[i].in_use()) {
+        match routing.pick(min_lsn, exclude, advance, |i| replicas[i].in_use()) {
             Ok(i) => Ok(Target::Replica(i)),
             Err(NoReplica::NotCaughtUp) => Ok(Target::Primary),
             Err(NoReplica::Unfit) => match routing.config.routing.replica_fallback {
@@ -361,7 +369,7 @@ impl Session {
         self.pools.routing.replicas[failed].ban(ban, "cannot connect");
         self.route.unit_only = false;
         self.route.retry.armed = false;
-        match self.choose_replica(Some(failed)) {
+        match self.choose_replica(Some(failed), true) {
             Ok(Target::Replica(i)) => {
                 self.route.unit_only = self.route.inject_begin.is_none();
                 Target::Replica(i)
@@ -444,11 +452,18 @@ impl Session {
             single: None,
             first: None,
             pin: None,
+            settings_only: true,
+            executes: false,
         };
         let policy = self.pools.routing.policy();
         let classifier = &self.app.classifier;
         let note = |unit: &mut Unit, s: Summary| {
             unit.read &= s.target == Class::Replica;
+            unit.settings_only &= s.statements == 1
+                && matches!(
+                    s.first,
+                    Some(Kind::SetSession | Kind::Reset | Kind::ResetAll | Kind::DiscardAll)
+                );
             if unit.first.is_none() {
                 unit.first = s.first;
             }
@@ -464,6 +479,7 @@ impl Session {
             pos += len;
             match tag {
                 tag::QUERY => {
+                    unit.executes = true;
                     let sql = body.strip_suffix(b"\0").unwrap_or(body);
                     let s = classify_bytes(classifier, sql, &policy);
                     if s.statements == 1 {
@@ -497,7 +513,8 @@ impl Session {
                         _ => unit.read = false,
                     }
                 }
-                tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {}
+                tag::EXECUTE => unit.executes = true,
+                tag::DESCRIBE | tag::CLOSE | tag::FLUSH => {}
                 tag::SYNC => {
                     unit.len = Some(pos);
                     return unit;

@@ -1,0 +1,388 @@
+//! Read/write routing against a real primary and two streaming replicas: the
+//! server that answered is checked with inet_server_port().
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Functions and tables the routing tests use, created once per binary (and
+/// replicated) before any pooler loads the function catalog.
+fn setup() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let sql = "
+            CREATE FUNCTION write_fn() RETURNS int LANGUAGE sql VOLATILE
+                AS 'INSERT INTO items(note) VALUES (''write_fn'') RETURNING 1';
+            CREATE FUNCTION stable_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 7';
+            CREATE SCHEMA routing_s;
+            CREATE TABLE routing_s.marker (v text);
+            INSERT INTO routing_s.marker VALUES ('in routing_s');
+            GRANT USAGE ON SCHEMA routing_s TO PUBLIC;
+            GRANT ALL ON routing_s.marker TO PUBLIC;
+            GRANT EXECUTE ON FUNCTION write_fn(), stable_fn() TO PUBLIC;
+            INSERT INTO items(note) VALUES ('seed');
+        ";
+        cluster()
+            .psql_db(primary_port(), "postgres", "app", sql)
+            .expect("routing setup");
+    });
+}
+
+fn replica_ports() -> Vec<u16> {
+    cluster().replicas.iter().map(|r| r.port).collect()
+}
+
+async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let port: i32 = row.get(row.len() - 1);
+    port as u16
+}
+
+/// A pooler with routing on, once its monitor has seen the replicas up (reads
+/// reach both of them).
+async fn routed_pooler(pooler_extra: &str, tail: &str) -> SocketAddr {
+    setup();
+    let addr = pooler_with(pooler_extra, tail).await;
+    let c = connect(addr).await;
+    let replicas = replica_ports();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = HashSet::new();
+    while seen.len() < replicas.len() {
+        let p = port_of(&c, "SELECT inet_server_port()").await;
+        assert!(Instant::now() < deadline, "reads never reached both replicas {replicas:?}: {seen:?}, last {p}");
+        if replicas.contains(&p) {
+            seen.insert(p);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    addr
+}
+
+#[tokio::test]
+async fn reads_go_to_replicas_and_spread_over_both() {
+    let addr = routed_pooler("pool_mode = \"transaction\"", "").await;
+    let c = connect(addr).await;
+    let replicas = replica_ports();
+    let mut count = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let p = port_of(&c, "SELECT inet_server_port()").await;
+        assert!(replicas.contains(&p), "a read went to {p}");
+        *count.entry(p).or_insert(0) += 1;
+        // Simple protocol too.
+        let rows = c
+            .simple_query("SELECT inet_server_port() FROM items LIMIT 1")
+            .await
+            .expect("simple read");
+        let p: u16 = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                _ => None,
+            })
+            .expect("a row");
+        assert!(replicas.contains(&p), "a simple read went to {p}");
+        *count.entry(p).or_insert(0) += 1;
+    }
+    assert_eq!(count.len(), 2, "both replicas serve reads: {count:?}");
+    // Answers from replicas are standbys' answers.
+    let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap();
+    assert!(row.get::<_, bool>(0));
+}
+
+#[tokio::test]
+async fn writes_locks_and_writing_functions_go_to_the_primary() {
+    let addr = routed_pooler("", "").await;
+    let c = connect(addr).await;
+    let primary = primary_port();
+    for sql in [
+        "INSERT INTO items(note) VALUES ('w') RETURNING inet_server_port()",
+        "WITH x AS (INSERT INTO items(note) VALUES ('cte') RETURNING id) SELECT inet_server_port() FROM x",
+        "SELECT inet_server_port() FROM items LIMIT 1 FOR UPDATE",
+        "SELECT inet_server_port() FROM items LIMIT 1 FOR NO KEY UPDATE",
+        "SELECT inet_server_port() FROM items LIMIT 1 FOR SHARE",
+        "SELECT nextval('items_id_seq'), inet_server_port()",
+        "SELECT write_fn(), inet_server_port()",
+        "SELECT set_config('application_name', 'x', false), inet_server_port()",
+        "/* sluice:primary */ SELECT inet_server_port()",
+    ] {
+        assert_eq!(port_of(&c, sql).await, primary, "{sql}");
+    }
+    // Provably read-only functions still go to a replica (asked by another
+    // client: this one's reads wait for its writes to replay).
+    let replicas = replica_ports();
+    let c = connect(addr).await;
+    for sql in [
+        "SELECT stable_fn(), inet_server_port()",
+        "SELECT now(), lower('X'), inet_server_port()",
+        "/* sluice:replica */ SELECT inet_server_port()",
+    ] {
+        let p = port_of(&c, sql).await;
+        assert!(replicas.contains(&p), "{sql} went to {p}");
+    }
+    // The write function really wrote, on the primary.
+    let n: i64 = connect_primary()
+        .await
+        .query_one("SELECT count(*) FROM items WHERE note = 'write_fn'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 1);
+}
+
+#[tokio::test]
+async fn read_write_transaction_runs_whole_on_the_primary() {
+    let addr = routed_pooler("", "").await;
+    let mut c = connect(addr).await;
+    let primary = primary_port();
+    let tx = c.transaction().await.unwrap();
+    for _ in 0..3 {
+        let p: i32 = tx.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        assert_eq!(p as u16, primary);
+    }
+    tx.execute("INSERT INTO items(note) VALUES ('tx')", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    // psql's BEGIN ... COMMIT, simple protocol.
+    let msgs = c
+        .simple_query("BEGIN; SELECT inet_server_port(); COMMIT")
+        .await
+        .unwrap();
+    let port = msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(port, Some(primary.to_string()));
+}
+
+#[tokio::test]
+async fn read_only_transaction_stays_on_one_replica() {
+    let addr = routed_pooler("", "").await;
+    let c = connect(addr).await;
+    let replicas = replica_ports();
+    for begin in [
+        "BEGIN READ ONLY",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "BEGIN",
+    ] {
+        c.batch_execute(begin).await.unwrap();
+        if begin == "BEGIN" {
+            c.batch_execute("SET TRANSACTION READ ONLY").await.unwrap();
+        }
+        let mut seen = HashSet::new();
+        for _ in 0..10 {
+            let row = c
+                .query_one("SELECT inet_server_port(), pg_backend_pid()", &[])
+                .await
+                .unwrap();
+            let port: i32 = row.get(0);
+            let pid: i32 = row.get(1);
+            seen.insert((port as u16, pid));
+        }
+        assert_eq!(seen.len(), 1, "{begin}: one server for the whole transaction: {seen:?}");
+        let (port, _) = *seen.iter().next().unwrap();
+        assert!(replicas.contains(&port), "{begin} ran on {port}");
+        // A write inside it fails as PostgreSQL would say.
+        let err = c
+            .execute("INSERT INTO items(note) VALUES ('ro')", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{begin}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // An empty transaction is answered without a server.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    let p = port_of(&c, "SELECT inet_server_port()").await;
+    assert!(replicas.contains(&p));
+}
+
+#[tokio::test]
+async fn session_settings_follow_the_client_to_replicas_and_the_primary() {
+    // Two servers per pool and four clients: each client moves between servers.
+    let addr = routed_pooler("default_pool_size = 2", "").await;
+    let primary = primary_port();
+    let replicas = replica_ports();
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        handles.push(tokio::spawn(async move {
+            let c = connect(addr).await;
+            c.batch_execute("SET search_path = routing_s, public").await.unwrap();
+            let timeout = format!("{}s", 100 + i);
+            c.batch_execute(&format!("SET statement_timeout = '{timeout}'"))
+                .await
+                .unwrap();
+            let mut ports = HashSet::new();
+            for _ in 0..20 {
+                let row = c
+                    .query_one("SELECT v, current_setting('statement_timeout'), inet_server_port() FROM marker WHERE v = 'in routing_s'", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), "in routing_s");
+                assert_eq!(row.get::<_, String>(1), timeout);
+                ports.insert(row.get::<_, i32>(2) as u16);
+                let row = c
+                    .query_one("INSERT INTO marker VALUES ('w') RETURNING current_setting('statement_timeout'), inet_server_port()", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), timeout);
+                assert_eq!(row.get::<_, i32>(1) as u16, primary);
+            }
+            ports
+        }));
+    }
+    let mut all = HashSet::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    assert!(all.iter().any(|p| replicas.contains(p)), "reads reached replicas: {all:?}");
+    // RESET goes back to the server default everywhere.
+    let c = connect(addr).await;
+    c.batch_execute("SET statement_timeout = '5min'").await.unwrap();
+    c.batch_execute("RESET statement_timeout").await.unwrap();
+    for _ in 0..6 {
+        let v: String = c
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "0");
+    }
+}
+
+#[tokio::test]
+async fn prepared_statements_route_by_their_own_class() {
+    let addr = routed_pooler("", "").await;
+    let c = connect(addr).await;
+    let primary = primary_port();
+    let replicas = replica_ports();
+    let read = c.prepare("SELECT inet_server_port()").await.unwrap();
+    let write = c
+        .prepare("INSERT INTO items(note) VALUES ('p') RETURNING inet_server_port()")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let p: i32 = c.query_one(&write, &[]).await.unwrap().get(0);
+        assert_eq!(p as u16, primary);
+        let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
+        assert!(replicas.contains(&(p as u16)) || p as u16 == primary);
+    }
+    // Once the writes have replayed, the read statement runs on replicas again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
+        if replicas.contains(&(p as u16)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the prepared read never left the primary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn temporary_tables_pin_the_client_to_its_server() {
+    let addr = routed_pooler("default_pool_size = 2", "").await;
+    let c = connect(addr).await;
+    c.batch_execute("CREATE TEMP TABLE scratch (x int)").await.unwrap();
+    for i in 0..10 {
+        c.execute("INSERT INTO scratch VALUES ($1)", &[&i]).await.unwrap();
+        let n: i64 = c.query_one("SELECT count(*) FROM scratch", &[]).await.unwrap().get(0);
+        assert_eq!(n, i as i64 + 1);
+    }
+}
+
+#[tokio::test]
+async fn route_primary_sends_everything_to_the_primary() {
+    setup();
+    let addr = pooler_with("", "route = \"primary\"").await;
+    let c = connect(addr).await;
+    for _ in 0..10 {
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary_port());
+    }
+}
+
+#[tokio::test]
+async fn routing_off_sends_everything_to_the_primary() {
+    setup();
+    let addr = pooler_with("", "[routing]\nread_write_split = false").await;
+    let c = connect(addr).await;
+    for _ in 0..10 {
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary_port());
+    }
+}
+
+#[tokio::test]
+async fn no_fit_replica_falls_back_or_fails_as_configured() {
+    setup();
+    let dead = sluice::cluster::free_port();
+    let c = support::cluster();
+    let text = |fallback: &str, port: u16| {
+        format!(
+            "[pooler]\nlisten = \"127.0.0.1:{port}\"\n[users.app]\npassword = \"{APP_PASSWORD}\"\n\
+             [databases.app]\nprimary = \"127.0.0.1:{}\"\nreplicas = [\"127.0.0.1:{dead}\"]\n\
+             [routing]\nreplica_fallback = \"{fallback}\"\n",
+            c.primary.port
+        )
+    };
+    for fallback in ["primary", "error"] {
+        let cfg = sluice::config::Config::parse(&text(fallback, 0), "test").unwrap();
+        let addr = start_in_shared_runtime(cfg).await;
+        let client = connect(addr).await;
+        // Reads calling functions wait for the function catalog (they go to
+        // the primary until it is loaded), so ask until the answer settles.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client.query_one("SELECT inet_server_port()", &[]).await;
+            match (fallback, r) {
+                ("primary", Ok(row)) => {
+                    assert_eq!(row.get::<_, i32>(0) as u16, primary_port());
+                    break;
+                }
+                ("error", Err(e)) => {
+                    assert_eq!(sqlstate(&e).as_deref(), Some("57P03"), "{e}");
+                    break;
+                }
+                (_, r) => {
+                    assert!(Instant::now() < deadline, "{fallback}: {r:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        // Writes are unaffected either way.
+        client
+            .execute("INSERT INTO items(note) VALUES ('fallback')", &[])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn classify_command_explains_the_route() {
+    setup();
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new(bin).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(vec!["classify".into(), "SELECT * FROM t WHERE id = 1".into()]);
+    assert!(out.starts_with("replica (read-only)"), "{out}");
+    let out = run(vec!["classify".into(), "SELECT * FROM t FOR UPDATE".into()]);
+    assert!(out.starts_with("primary (FOR UPDATE lock)"), "{out}");
+    let out = run(vec!["classify".into(), "SELECT nextval('s')".into()]);
+    assert!(out.starts_with("primary (function nextval writes)"), "{out}");
+    // With the config and a database: the catalog says write_fn is volatile.
+    let dir = std::env::temp_dir().join(format!("sluice-classify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pooler.toml");
+    std::fs::write(&path, config_text(sluice::cluster::free_port(), "", "")).unwrap();
+    let cfg = path.to_string_lossy().into_owned();
+    let out = run(vec!["-c".into(), cfg.clone(), "classify".into(), "--database".into(), "app".into(), "SELECT write_fn()".into()]);
+    assert!(out.starts_with("primary (function write_fn is volatile)"), "{out}");
+    let out = run(vec!["-c".into(), cfg, "classify".into(), "--database".into(), "app".into(), "SELECT stable_fn()".into()]);
+    assert!(out.starts_with("replica (read-only)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
