@@ -120,6 +120,8 @@ enum ReplayState {
 
 /// Largest batch kept for a retry.
 const MAX_REPLAY: usize = 64 * 1024;
+/// Most reply bytes held back while a read on a replica may still be retried.
+const MAX_HELD: usize = 64 * 1024;
 
 impl Session {
     pub fn new(
@@ -1089,11 +1091,11 @@ impl Session {
                     // The client has seen part of the answer: no retry any more.
                     self.replay.state = ReplayState::Off;
                 }
-                self.route.retry.armed = false;
             }
             pos += len;
             if idle && self.route.retry.swallow {
-                self.send_to_client(srv, flushed, pos).await?;
+                // Nothing of this attempt reaches the client.
+                self.to_client.clear();
                 srv.rbuf.advance(pos);
                 self.route.retry_now = true;
                 return Ok(true);
@@ -1105,10 +1107,32 @@ impl Session {
                 return Ok(false);
             }
         }
+        if self.route.retry.armed && !idle && self.to_client.len() + pos - flushed <= MAX_HELD {
+            // A read on a replica may still be retried elsewhere: hold its
+            // first replies back until it completes (or they grow large).
+            self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
+            srv.rbuf.advance(pos);
+            return Ok(false);
+        }
+        self.route.retry.armed = false;
         self.send_to_client(srv, flushed, pos).await?;
         srv.rbuf.advance(pos);
         if !idle {
             return Ok(false);
+        }
+        if !srv.rbuf.is_empty()
+            && matches!(srv.rbuf[0], btag::ERROR_RESPONSE | btag::NOTICE_RESPONSE)
+            && srv.tx_status == b'I'
+            && self.mode != PoolMode::Session
+            && self.route.pinned.is_none()
+        {
+            // The server is going away (an immediate shutdown sends a WARNING,
+            // then closes; a crash of a sibling, a FATAL) right after
+            // answering: the client has its whole answer; only this server
+            // is lost.
+            srv.broken = true;
+            tracing::info!(server = %srv.peer, "server closed right after a reply: dropping it");
+            return Ok(true);
         }
         if !srv.rbuf.is_empty() {
             srv.broken = true;
@@ -1123,7 +1147,6 @@ impl Session {
         if srv.tx_status == b'I' {
             self.apply_pending_set(srv);
         }
-        self.route.retry.armed = false;
         Ok(self.mode != PoolMode::Session
             && srv.tx_status == b'I'
             && self.route.pinned.is_none())

@@ -343,6 +343,8 @@ impl Session {
         r.armed = false;
         r.swallow = false;
         r.used = true;
+        // Replies held back from the failed attempt never reach the client.
+        self.to_client.clear();
         self.route.retry_now = false;
         self.route.unit_sent = false;
         self.replay.state = super::ReplayState::Off;
