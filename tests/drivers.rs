@@ -10,8 +10,10 @@ mod support;
 use support::*;
 
 async fn check(driver: &str) {
-    // 20 clients per check against a pool of 8 servers.
-    let addr = pooler("default_pool_size = 8").await;
+    // 20 clients per check against a pool of 8 servers. Primary only: the
+    // schema-change checks alter a table on one connection and read it on
+    // others at once, which read-your-writes (per client) does not promise.
+    let addr = pooler_with("default_pool_size = 8", PRIMARY_ONLY).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let out = tokio::process::Command::new("bash")
         .arg(script)

@@ -256,7 +256,8 @@ async fn pgbench_prepared_and_extended_have_no_failures() {
 
 #[tokio::test]
 async fn schema_change_under_a_prepared_statement_is_retried() {
-    let addr = pooler("default_pool_size = 1").await;
+    // One server, and the ALTER from another client seen at once: primary only.
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let c = connect(addr).await;
     c.batch_execute("DROP TABLE IF EXISTS plan_t; CREATE TABLE plan_t (a int); INSERT INTO plan_t VALUES (1); GRANT ALL ON plan_t TO PUBLIC")
         .await

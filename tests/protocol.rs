@@ -35,7 +35,7 @@ async fn simple_and_extended_queries() {
 
 #[tokio::test]
 async fn two_hundred_clients_share_five_servers() {
-    let addr = pooler("default_pool_size = 5\npool_mode = \"transaction\"").await;
+    let addr = pooler_with("default_pool_size = 5\npool_mode = \"transaction\"", PRIMARY_ONLY).await;
     let tasks = (0..200i64).map(|i| async move {
         let c = connect(addr).await;
         let mut pids = std::collections::HashSet::new();
@@ -216,7 +216,7 @@ async fn copy_error_midway_keeps_connection_usable() {
 
 #[tokio::test]
 async fn transaction_mode_holds_the_server_for_the_whole_transaction() {
-    let addr = pooler("default_pool_size = 1").await;
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let a = connect(addr).await;
     let b = connect(addr).await;
     a.batch_execute(

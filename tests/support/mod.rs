@@ -113,6 +113,10 @@ replicas = [{replicas}]
     )
 }
 
+/// A `tail` for tests that count the primary's server connections, or that
+/// read what another client just wrote (read-your-writes is per client).
+pub const PRIMARY_ONLY: &str = "[routing]\nread_write_split = false";
+
 /// Starts a pooler with `pooler_extra` in its `[pooler]` section; returns its address.
 pub async fn pooler(pooler_extra: &str) -> SocketAddr {
     pooler_with(pooler_extra, "").await
