@@ -22,6 +22,11 @@
 #   WARMUP     seconds of unrecorded load per target first (3; 0 = skip)
 #   SCALE      pgbench -i -s                               (10)
 #   POOL_SIZE  server pool size for both poolers           (20)
+#   ROUTING    1: also start two streaming replicas and measure routing
+#              (1)                    (target "routed": sluice with reads to
+#              the replicas; "tpcb-like" runs pgbench's default script through
+#              routed sluice with read_your_writes and with eventual
+#              consistency, for the write-latency cost of read-your-writes)
 #   SLUICE_BIN sluice binary        (<repo>/target/release/sluice)
 #   PG_BIN     PostgreSQL server binaries (/usr/lib/postgresql/15/bin)
 
@@ -40,7 +45,9 @@ MODES="${MODES:-simple extended prepared}"
 WARMUP="${WARMUP:-3}"
 SCALE="${SCALE:-10}"
 POOL_SIZE="${POOL_SIZE:-20}"
+ROUTING="${ROUTING:-1}"
 TARGETS="sluice direct pgbouncer"
+[[ $ROUTING == 1 ]] && TARGETS="sluice routed direct pgbouncer"
 
 # Stray libpq settings from the caller's shell would silently redirect or alter
 # connections; everything below passes host/port/user/db explicitly.
@@ -87,6 +94,9 @@ fi
 # ---------------------------------------------------------------------------
 TMP=""
 SLUICE_PID=""
+ROUTED_PID=""
+EVENTUAL_PID=""
+REPLICA_DIRS=""
 BOUNCER_PID=""
 PG_STARTED=""
 
@@ -112,6 +122,11 @@ cleanup() {
     set +e
     stop_pid "${PGBENCH_PID:-}" pgbench
     stop_pid "$SLUICE_PID" sluice
+    stop_pid "$ROUTED_PID" sluice-routed
+    stop_pid "$EVENTUAL_PID" sluice-eventual
+    for d in $REPLICA_DIRS; do
+        as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1
+    done
     stop_pid "$BOUNCER_PID" pgbouncer
     if [[ -n $PG_STARTED ]]; then
         as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
@@ -149,6 +164,8 @@ pick_port() {
 }
 PG_PORT=$(pick_port)
 SLUICE_PORT=$(pick_port)
+ROUTED_PORT=$(pick_port)
+EVENTUAL_PORT=$(pick_port)
 BOUNCER_PORT=$(pick_port)
 
 # ---------------------------------------------------------------------------
@@ -180,6 +197,7 @@ EOF
 cat >"$TMP/data/pg_hba.conf" <<EOF
 host all postgres 127.0.0.1/32 trust
 host all all      127.0.0.1/32 scram-sha-256
+host replication postgres 127.0.0.1/32 trust
 EOF
 
 as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >/dev/null ||
@@ -194,6 +212,26 @@ log "pgbench -i -s $SCALE"
 # Initialise as bench so it owns the tables and needs no extra grants.
 PGPASSWORD=bench pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench \
     >"$TMP/pgbench-init.log" 2>&1 || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------------------
+# Streaming replicas (ROUTING=1), copied from the initialised primary.
+# ---------------------------------------------------------------------------
+REPLICA_PORTS=()
+if [[ $ROUTING == 1 ]]; then
+    for i in 1 2; do
+        port=$(pick_port)
+        dir="$TMP/replica$i"
+        log "replica $i in $dir (port $port)"
+        as_pg "$PG_BIN/pg_basebackup" -D "$dir" -R -X stream -c fast \
+            -h 127.0.0.1 -p "$PG_PORT" -U postgres >"$TMP/basebackup$i.log" 2>&1 ||
+            { cat "$TMP/basebackup$i.log" >&2; die "pg_basebackup failed"; }
+        echo "port = $port" >>"$dir/postgresql.conf"
+        REPLICA_DIRS+="$dir "
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$TMP/replica$i.log" -w -t 60 start >/dev/null ||
+            { tail -n 30 "$TMP/replica$i.log" >&2; die "replica $i did not start"; }
+        REPLICA_PORTS+=("$port")
+    done
+fi
 
 # ---------------------------------------------------------------------------
 # Poolers.
@@ -242,6 +280,25 @@ SLUICE_LOG=warn "$SLUICE_BIN" --config "$TMP/pooler.toml" >"$TMP/sluice.log" 2>&
 SLUICE_PID=$!
 wait_ready sluice "$SLUICE_PID" "$SLUICE_PORT" "$TMP/sluice.log"
 
+# The same pooler with the two replicas and routing on; and once more with
+# eventual consistency, to price read-your-writes.
+start_routed() { # name port consistency -> pid in STARTED_PID
+    local name=$1 port=$2 consistency=$3 replicas
+    replicas=$(printf '"127.0.0.1:%s", ' "${REPLICA_PORTS[@]}")
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$TMP/pooler.toml" >"$TMP/$name.toml"
+    printf 'replicas = [%s]\n\n[routing]\nconsistency = "%s"\n' "${replicas%, }" "$consistency" >>"$TMP/$name.toml"
+    log "starting $name on port $port"
+    SLUICE_LOG=warn "$SLUICE_BIN" --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    STARTED_PID=$!
+    wait_ready "$name" "$STARTED_PID" "$port" "$TMP/$name.log"
+}
+if [[ $ROUTING == 1 ]]; then
+    start_routed routed "$ROUTED_PORT" read_your_writes
+    ROUTED_PID=$STARTED_PID
+    start_routed eventual "$EVENTUAL_PORT" eventual
+    EVENTUAL_PID=$STARTED_PID
+fi
+
 # Plaintext userlist: PgBouncer needs the cleartext (or SCRAM secret) to do
 # SCRAM both towards the client and towards the server.
 printf '"bench" "bench"\n' >"$TMP/userlist.txt"
@@ -281,6 +338,8 @@ CLK_TCK=$(getconf CLK_TCK)
 port_of() {
     case $1 in
         sluice) echo "$SLUICE_PORT" ;;
+        routed) echo "$ROUTED_PORT" ;;
+        eventual) echo "$EVENTUAL_PORT" ;;
         direct) echo "$PG_PORT" ;;
         pgbouncer) echo "$BOUNCER_PORT" ;;
     esac
@@ -288,6 +347,8 @@ port_of() {
 pid_of() {
     case $1 in
         sluice) echo "$SLUICE_PID" ;;
+        routed) echo "$ROUTED_PID" ;;
+        eventual) echo "$EVENTUAL_PID" ;;
         pgbouncer) echo "$BOUNCER_PID" ;;
         *) echo "" ;;
     esac
@@ -304,8 +365,10 @@ cpu_ticks() {
 # unhandled until the whole -T period had elapsed.
 PGBENCH_PID=""
 run_pgbench() { # target mode seconds outfile
-    local rc=0
-    PGPASSWORD=bench pgbench -n -S -M "$2" -c "$CLIENTS" -j "$JOBS" -T "$3" \
+    local rc=0 script=(-S -M "$2")
+    # "tpcb-like": pgbench's default read-write script, simple protocol.
+    [[ $2 == tpcb-like ]] && script=(-M simple)
+    PGPASSWORD=bench pgbench -n "${script[@]}" -c "$CLIENTS" -j "$JOBS" -T "$3" \
         -h 127.0.0.1 -p "$(port_of "$1")" -U bench bench >"$4" 2>&1 &
     PGBENCH_PID=$!
     wait "$PGBENCH_PID" || rc=$?
@@ -379,7 +442,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
             measure "$round" "$mode" "$target"
         done
     done
+    if [[ $ROUTING == 1 ]]; then
+        for target in routed eventual; do
+            measure "$round" tpcb-like "$target"
+        done
+    fi
 done
+[[ $ROUTING == 1 ]] && MODES="$MODES tpcb-like" && TARGETS="$TARGETS eventual"
 
 # ---------------------------------------------------------------------------
 # Summary. CPU per 1000 tx is total pooler CPU over total transactions across
@@ -420,6 +489,14 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
             printf "%s: sluice/pgbouncer tps = %s, sluice/pgbouncer CPU per tx = %s, sluice/direct tps = %s\n",
                 M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
         }
+        for (i = 1; i <= nm; i++) {
+            s = M[i] SUBSEP "sluice"; r = M[i] SUBSEP "routed"
+            if (n[s] && n[r])
+                printf "%s: routed/sluice CPU per tx = %s (routing on, reads to replicas, vs off)\n", M[i], ratio(cpk(r), cpk(s))
+        }
+        r = "tpcb-like" SUBSEP "routed"; v = "tpcb-like" SUBSEP "eventual"
+        if (n[r] && n[v] && nl[r] && nl[v])
+            printf "tpcb-like: latency read_your_writes/eventual = %s (%.3f ms vs %.3f ms)\n", ratio(lat[r] / nl[r], lat[v] / nl[v]), lat[r] / nl[r], lat[v] / nl[v]
         p = "prepared" SUBSEP "sluice"; e = "extended" SUBSEP "sluice"
         if (n[p] && n[e])
             printf "sluice -M prepared / sluice -M extended tps = %s\n", ratio(mtps(p), mtps(e))

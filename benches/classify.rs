@@ -5,10 +5,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use classify::router::classify::{classify_uncached, Classifier, Target};
-use classify::router::fingerprint::fingerprint;
-use classify::router::functions::{Catalog, FunctionPolicy};
 use criterion::{criterion_group, criterion_main, Criterion};
+use sluice::router::classify::{classify_uncached, Classifier, Target};
+use sluice::router::fingerprint::fingerprint;
+use sluice::router::functions::{Catalog, FunctionPolicy};
 
 const SELECT_200: &str = "SELECT u.id, u.email, u.created_at, p.display_name \
     FROM users u JOIN profiles p ON p.user_id = u.id \

@@ -10,9 +10,9 @@ use crate::auth::Secret;
 use crate::client::cancel::CancelRegistry;
 use crate::client::prepared::Registry;
 use crate::client::session::PinCounts;
-use crate::router::classify::{Classifier, PinReason};
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::router::classify::{Classifier, PinReason};
 
 pub struct App {
     pub config: Arc<Config>,

@@ -233,7 +233,11 @@ async fn garbage_and_oversized_packets_are_refused_while_others_work() {
 
 #[tokio::test]
 async fn query_wait_timeout_fails_the_waiter_only() {
-    let addr = pooler_with("default_pool_size = 1\nquery_wait_timeout = \"300ms\"", PRIMARY_ONLY).await;
+    let addr = pooler_with(
+        "default_pool_size = 1\nquery_wait_timeout = \"300ms\"",
+        PRIMARY_ONLY,
+    )
+    .await;
     let holder = connect(addr).await;
     holder.batch_execute("BEGIN").await.unwrap();
     let waiter = connect(addr).await;

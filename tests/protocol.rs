@@ -35,7 +35,11 @@ async fn simple_and_extended_queries() {
 
 #[tokio::test]
 async fn two_hundred_clients_share_five_servers() {
-    let addr = pooler_with("default_pool_size = 5\npool_mode = \"transaction\"", PRIMARY_ONLY).await;
+    let addr = pooler_with(
+        "default_pool_size = 5\npool_mode = \"transaction\"",
+        PRIMARY_ONLY,
+    )
+    .await;
     let tasks = (0..200i64).map(|i| async move {
         let c = connect(addr).await;
         let mut pids = std::collections::HashSet::new();

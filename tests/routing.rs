@@ -37,7 +37,10 @@ fn replica_ports() -> Vec<u16> {
 }
 
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
-    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let port: i32 = row.get(row.len() - 1);
     port as u16
 }
@@ -53,7 +56,10 @@ async fn routed_pooler(pooler_extra: &str, tail: &str) -> SocketAddr {
     let mut seen = HashSet::new();
     while seen.len() < replicas.len() {
         let p = port_of(&c, "SELECT inet_server_port()").await;
-        assert!(Instant::now() < deadline, "reads never reached both replicas {replicas:?}: {seen:?}, last {p}");
+        assert!(
+            Instant::now() < deadline,
+            "reads never reached both replicas {replicas:?}: {seen:?}, last {p}"
+        );
         if replicas.contains(&p) {
             seen.insert(p);
         } else {
@@ -90,7 +96,10 @@ async fn reads_go_to_replicas_and_spread_over_both() {
     }
     assert_eq!(count.len(), 2, "both replicas serve reads: {count:?}");
     // Answers from replicas are standbys' answers.
-    let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap();
+    let row = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
     assert!(row.get::<_, bool>(0));
 }
 
@@ -141,10 +150,16 @@ async fn read_write_transaction_runs_whole_on_the_primary() {
     let primary = primary_port();
     let tx = c.transaction().await.unwrap();
     for _ in 0..3 {
-        let p: i32 = tx.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        let p: i32 = tx
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(p as u16, primary);
     }
-    tx.execute("INSERT INTO items(note) VALUES ('tx')", &[]).await.unwrap();
+    tx.execute("INSERT INTO items(note) VALUES ('tx')", &[])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     // psql's BEGIN ... COMMIT, simple protocol.
     let msgs = c
@@ -182,7 +197,11 @@ async fn read_only_transaction_stays_on_one_replica() {
             let pid: i32 = row.get(1);
             seen.insert((port as u16, pid));
         }
-        assert_eq!(seen.len(), 1, "{begin}: one server for the whole transaction: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "{begin}: one server for the whole transaction: {seen:?}"
+        );
         let (port, _) = *seen.iter().next().unwrap();
         assert!(replicas.contains(&port), "{begin} ran on {port}");
         // A write inside it fails as PostgreSQL would say.
@@ -238,10 +257,15 @@ async fn session_settings_follow_the_client_to_replicas_and_the_primary() {
     for h in handles {
         all.extend(h.await.unwrap());
     }
-    assert!(all.iter().any(|p| replicas.contains(p)), "reads reached replicas: {all:?}");
+    assert!(
+        all.iter().any(|p| replicas.contains(p)),
+        "reads reached replicas: {all:?}"
+    );
     // RESET goes back to the server default everywhere.
     let c = connect(addr).await;
-    c.batch_execute("SET statement_timeout = '5min'").await.unwrap();
+    c.batch_execute("SET statement_timeout = '5min'")
+        .await
+        .unwrap();
     c.batch_execute("RESET statement_timeout").await.unwrap();
     for _ in 0..6 {
         let v: String = c
@@ -277,7 +301,10 @@ async fn prepared_statements_route_by_their_own_class() {
         if replicas.contains(&(p as u16)) {
             break;
         }
-        assert!(Instant::now() < deadline, "the prepared read never left the primary");
+        assert!(
+            Instant::now() < deadline,
+            "the prepared read never left the primary"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -286,10 +313,18 @@ async fn prepared_statements_route_by_their_own_class() {
 async fn temporary_tables_pin_the_client_to_its_server() {
     let addr = routed_pooler("default_pool_size = 2", "").await;
     let c = connect(addr).await;
-    c.batch_execute("CREATE TEMP TABLE scratch (x int)").await.unwrap();
+    c.batch_execute("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
     for i in 0..10 {
-        c.execute("INSERT INTO scratch VALUES ($1)", &[&i]).await.unwrap();
-        let n: i64 = c.query_one("SELECT count(*) FROM scratch", &[]).await.unwrap().get(0);
+        c.execute("INSERT INTO scratch VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM scratch", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, i as i64 + 1);
     }
 }
@@ -300,7 +335,10 @@ async fn route_primary_sends_everything_to_the_primary() {
     let addr = pooler_with("", "route = \"primary\"").await;
     let c = connect(addr).await;
     for _ in 0..10 {
-        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary_port());
+        assert_eq!(
+            port_of(&c, "SELECT inet_server_port()").await,
+            primary_port()
+        );
     }
 }
 
@@ -310,7 +348,10 @@ async fn routing_off_sends_everything_to_the_primary() {
     let addr = pooler_with("", "[routing]\nread_write_split = false").await;
     let c = connect(addr).await;
     for _ in 0..10 {
-        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary_port());
+        assert_eq!(
+            port_of(&c, "SELECT inet_server_port()").await,
+            primary_port()
+        );
     }
 }
 
@@ -364,25 +405,55 @@ async fn classify_command_explains_the_route() {
     setup();
     let bin = env!("CARGO_BIN_EXE_sluice");
     let run = |args: Vec<String>| {
-        let out = std::process::Command::new(bin).args(&args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let out = run(vec!["classify".into(), "SELECT * FROM t WHERE id = 1".into()]);
+    let out = run(vec![
+        "classify".into(),
+        "SELECT * FROM t WHERE id = 1".into(),
+    ]);
     assert!(out.starts_with("replica (read-only)"), "{out}");
     let out = run(vec!["classify".into(), "SELECT * FROM t FOR UPDATE".into()]);
     assert!(out.starts_with("primary (FOR UPDATE lock)"), "{out}");
     let out = run(vec!["classify".into(), "SELECT nextval('s')".into()]);
-    assert!(out.starts_with("primary (function nextval writes)"), "{out}");
+    assert!(
+        out.starts_with("primary (function nextval writes)"),
+        "{out}"
+    );
     // With the config and a database: the catalog says write_fn is volatile.
     let dir = std::env::temp_dir().join(format!("sluice-classify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("pooler.toml");
     std::fs::write(&path, config_text(sluice::cluster::free_port(), "", "")).unwrap();
     let cfg = path.to_string_lossy().into_owned();
-    let out = run(vec!["-c".into(), cfg.clone(), "classify".into(), "--database".into(), "app".into(), "SELECT write_fn()".into()]);
-    assert!(out.starts_with("primary (function write_fn is volatile)"), "{out}");
-    let out = run(vec!["-c".into(), cfg, "classify".into(), "--database".into(), "app".into(), "SELECT stable_fn()".into()]);
+    let out = run(vec![
+        "-c".into(),
+        cfg.clone(),
+        "classify".into(),
+        "--database".into(),
+        "app".into(),
+        "SELECT write_fn()".into(),
+    ]);
+    assert!(
+        out.starts_with("primary (function write_fn is volatile)"),
+        "{out}"
+    );
+    let out = run(vec![
+        "-c".into(),
+        cfg,
+        "classify".into(),
+        "--database".into(),
+        "app".into(),
+        "SELECT stable_fn()".into(),
+    ]);
     assert!(out.starts_with("replica (read-only)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -35,7 +35,10 @@ async fn replica_admin(i: usize) -> tokio_postgres::Client {
 }
 
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
-    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get::<_, i32>(row.len() - 1) as u16
 }
 
@@ -47,7 +50,10 @@ async fn routed_pooler(tail: &str) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = HashSet::new();
     while seen.len() < replicas.len() {
-        assert!(Instant::now() < deadline, "reads never reached both replicas");
+        assert!(
+            Instant::now() < deadline,
+            "reads never reached both replicas"
+        );
         let p = port_of(&c, "SELECT inet_server_port()").await;
         if replicas.contains(&p) {
             seen.insert(p);
@@ -89,7 +95,10 @@ async fn read_your_writes_with_a_paused_replica_never_misses() {
         .prepare("INSERT INTO items(note) VALUES ($1) RETURNING id")
         .await
         .unwrap();
-    let select = c.prepare("SELECT note FROM items WHERE id = $1").await.unwrap();
+    let select = c
+        .prepare("SELECT note FROM items WHERE id = $1")
+        .await
+        .unwrap();
     let mut misses = 0;
     for i in 0..1000 {
         let note = format!("ryw-{i}");
@@ -106,9 +115,15 @@ async fn read_your_writes_with_a_paused_replica_never_misses() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut on_replica = 0;
     while on_replica < 20 {
-        assert!(Instant::now() < deadline, "reads never returned to the live replica");
+        assert!(
+            Instant::now() < deadline,
+            "reads never returned to the live replica"
+        );
         let p = port_of(&c, "SELECT inet_server_port()").await;
-        assert_ne!(p, paused_port, "a read went to the replica that lacks the client's writes");
+        assert_ne!(
+            p, paused_port,
+            "a read went to the replica that lacks the client's writes"
+        );
         if p != primary_port() {
             on_replica += 1;
         }
@@ -130,7 +145,10 @@ async fn eventual_consistency_excludes_a_replica_past_max_replica_lag() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut clean = 0;
     while clean < 40 {
-        assert!(Instant::now() < deadline, "the lagging replica kept getting reads");
+        assert!(
+            Instant::now() < deadline,
+            "the lagging replica kept getting reads"
+        );
         writer
             .batch_execute("INSERT INTO items(note) VALUES ('lag')")
             .await
@@ -145,7 +163,10 @@ async fn eventual_consistency_excludes_a_replica_past_max_replica_lag() {
     }
     // It stays out while it lags.
     for _ in 0..40 {
-        writer.batch_execute("INSERT INTO items(note) VALUES ('lag')").await.unwrap();
+        writer
+            .batch_execute("INSERT INTO items(note) VALUES ('lag')")
+            .await
+            .unwrap();
         assert_ne!(port_of(&c, "SELECT inet_server_port()").await, paused_port);
     }
 }
@@ -195,12 +216,18 @@ async fn stopping_a_replica_under_read_load_shows_no_errors() {
     let c = connect(addr).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let read = || async {
-        tokio::time::timeout(Duration::from_secs(10), port_of(&c, "SELECT inet_server_port()"))
-            .await
-            .expect("a read through sluice hung")
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            port_of(&c, "SELECT inet_server_port()"),
+        )
+        .await
+        .expect("a read through sluice hung")
     };
     while read().await != stopped_port {
-        assert!(Instant::now() < deadline, "the restarted replica never served reads again");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica never served reads again"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -211,5 +238,9 @@ async fn stopping_a_replica_under_read_load_shows_no_errors() {
         }
     }
     assert!(reads.load(Ordering::Relaxed) > 100, "the load ran");
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "client-visible errors, first: {first:?}");
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "client-visible errors, first: {first:?}"
+    );
 }

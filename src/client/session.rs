@@ -1147,9 +1147,7 @@ impl Session {
         if srv.tx_status == b'I' {
             self.apply_pending_set(srv);
         }
-        Ok(self.mode != PoolMode::Session
-            && srv.tx_status == b'I'
-            && self.route.pinned.is_none())
+        Ok(self.mode != PoolMode::Session && srv.tx_status == b'I' && self.route.pinned.is_none())
     }
 
     async fn refuse_transaction(

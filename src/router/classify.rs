@@ -38,6 +38,7 @@ use sqlparser::parser::Parser;
 
 use super::fingerprint::{scan_seeded, Hint, Lexer, Token, TokenKind};
 use super::functions::{is_session_advisory_lock, FunctionPolicy, WriteCause};
+use super::Summary;
 
 /// Statements longer than this are not parsed: primary, [`Reason::ParseFailure`].
 pub const MAX_PARSE_LEN: usize = 1 << 20;
@@ -276,6 +277,48 @@ impl Classifier {
 
     /// Classify `sql`, using the cache.
     pub fn classify(&self, sql: &str, policy: &FunctionPolicy) -> Classification {
+        let (syn, hint) = self.lookup(sql);
+        resolve(&syn, policy, hint)
+    }
+
+    /// What routing needs of `classify`, without building the per-statement
+    /// list: no allocation on a cache hit.
+    pub fn summarize(&self, sql: &str, policy: &FunctionPolicy) -> Summary {
+        let (syn, hint) = self.lookup(sql);
+        let mut out = Summary {
+            target: if syn.stmts.is_empty() {
+                Target::Primary
+            } else {
+                Target::Replica
+            },
+            statements: syn.stmts.len(),
+            first: None,
+            pins: syn.pins,
+        };
+        for s in &syn.stmts {
+            let (kind, target, overridable) = match s {
+                Syn::Fixed(st) => (st.kind, st.target, hint_may_override(&st.reason)),
+                Syn::Query(funcs) if funcs.is_empty() => (Kind::Read, Target::Replica, false),
+                Syn::Query(funcs) => {
+                    let st = query_statement(funcs, policy);
+                    (st.kind, st.target, hint_may_override(&st.reason))
+                }
+            };
+            // The same hint rules as `resolve`.
+            let (kind, target) = match hint {
+                Some(Hint::Primary) if target == Target::Replica => (kind, Target::Primary),
+                Some(Hint::Replica) if overridable => (Kind::Read, Target::Replica),
+                _ => (kind, target),
+            };
+            out.first.get_or_insert(kind);
+            if target == Target::Primary {
+                out.target = Target::Primary;
+            }
+        }
+        out
+    }
+
+    fn lookup(&self, sql: &str) -> (Arc<Syntax>, Option<Hint>) {
         let scan = scan_seeded(sql.as_bytes(), self.seed);
         let key = scan.fingerprint.0;
         let syn = match self.cache.get(&key) {
@@ -288,7 +331,7 @@ impl Classifier {
                 s
             }
         };
-        resolve(&syn, policy, scan.hint)
+        (syn, scan.hint)
     }
 
     /// Classify `sql` without the cache (for the CLI and benchmarks).
@@ -1244,6 +1287,16 @@ mod tests {
                         "{sql:?} (pass {pass}): want {target:?} {reason:?} {kind:?} {pin:?}, got {c:?} = {}",
                         explain(&c)
                     ));
+                    break;
+                }
+                // The routing summary agrees with the full classification.
+                let sum = classifier.summarize(sql, &policy);
+                if sum.target != c.target
+                    || sum.statements != c.statements.len()
+                    || sum.first != c.statements.first().map(|s| s.kind)
+                    || sum.pins != c.pins
+                {
+                    failures.push(format!("{sql:?}: summary {sum:?} differs from {c:?}"));
                     break;
                 }
             }

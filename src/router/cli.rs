@@ -11,10 +11,19 @@ use crate::server::{ServerConn, ServerTarget};
 
 /// Classifies `sql` with the config's function lists and, with a database,
 /// the function catalog of that database's primary.
-pub async fn classify(cfg: Option<Config>, database: Option<String>, sql: &str) -> Result<String, String> {
+pub async fn classify(
+    cfg: Option<Config>,
+    database: Option<String>,
+    sql: &str,
+) -> Result<String, String> {
     let (read_only, write) = cfg
         .as_ref()
-        .map(|c| (c.routing.read_only_functions.clone(), c.routing.write_functions.clone()))
+        .map(|c| {
+            (
+                c.routing.read_only_functions.clone(),
+                c.routing.write_functions.clone(),
+            )
+        })
         .unwrap_or_default();
     let catalog = match (&cfg, &database) {
         (Some(cfg), Some(db)) => Some(Arc::new(load_catalog(cfg, db).await?)),

@@ -61,7 +61,9 @@ async fn checked<T>(
         }
         Err(_) => {
             *conn = None;
-            return Err(format!("no answer within health_check_timeout ({timeout:?})"));
+            return Err(format!(
+                "no answer within health_check_timeout ({timeout:?})"
+            ));
         }
     };
     read(rows).ok_or_else(|| "unexpected answer to the check".to_string())
@@ -81,9 +83,13 @@ async fn primary_loop(state: Weak<DbRouting>, target: ServerTarget) {
         }
         let timeout = s.config.routing.health_check_timeout.0;
         let asked = Instant::now();
-        let lsn = checked(&mut conn, &target, timeout, "SELECT pg_current_wal_insert_lsn()", |rows| {
-            parse_lsn(first_cell(&rows, 0)?).map(record_end)
-        })
+        let lsn = checked(
+            &mut conn,
+            &target,
+            timeout,
+            "SELECT pg_current_wal_insert_lsn()",
+            |rows| parse_lsn(first_cell(&rows, 0)?).map(record_end),
+        )
         .await;
         match lsn {
             Ok(lsn) => {
@@ -101,7 +107,14 @@ async fn primary_loop(state: Weak<DbRouting>, target: ServerTarget) {
         if conn.is_some() && Instant::now() >= catalog_due {
             let refresh = s.config.routing.catalog_refresh_interval.0;
             catalog_due = Instant::now() + refresh.max(Duration::from_secs(1));
-            let rows = checked(&mut conn, &target, timeout.max(Duration::from_secs(10)), CATALOG_QUERY, Some).await;
+            let rows = checked(
+                &mut conn,
+                &target,
+                timeout.max(Duration::from_secs(10)),
+                CATALOG_QUERY,
+                Some,
+            )
+            .await;
             match rows {
                 Ok(rows) => {
                     let catalog = Catalog::from_rows(rows.iter().filter_map(|r| {
@@ -147,9 +160,7 @@ async fn replica_loop(state: Weak<DbRouting>, index: usize, target: ServerTarget
         .await;
         match check {
             Ok((true, Some(replay))) => s.record_replica(index, replay),
-            Ok((false, _)) => {
-                s.replica_failed(index, "the server is not in recovery (promoted?)")
-            }
+            Ok((false, _)) => s.replica_failed(index, "the server is not in recovery (promoted?)"),
             Ok((true, None)) => s.replica_failed(index, "the server has no replay position"),
             Err(e) => s.replica_failed(index, &e),
         }

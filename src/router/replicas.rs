@@ -115,7 +115,9 @@ impl DbRouting {
                 d.replicas
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| ReplicaState::new(a, d.replica_weights.get(i).copied().unwrap_or(1)))
+                    .map(|(i, a)| {
+                        ReplicaState::new(a, d.replica_weights.get(i).copied().unwrap_or(1))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -126,7 +128,8 @@ impl DbRouting {
             }
         }
         let routing = &config.routing;
-        let policy = FunctionPolicy::new(None, &routing.read_only_functions, &routing.write_functions);
+        let policy =
+            FunctionPolicy::new(None, &routing.read_only_functions, &routing.write_functions);
         let state = Arc::new(DbRouting {
             database: database.to_string(),
             replicas,
@@ -250,7 +253,9 @@ impl DbRouting {
                 } else {
                     self.next.load(Ordering::Relaxed)
                 };
-                (0..n).map(|k| self.schedule[(start + k) % n]).find(|&i| ok(i))
+                (0..n)
+                    .map(|k| self.schedule[(start + k) % n])
+                    .find(|&i| ok(i))
             }
             LoadBalance::Random => {
                 let total: u64 = (0..self.replicas.len())
@@ -277,7 +282,10 @@ impl DbRouting {
                 // Fewest connections per unit of weight; ties go round robin.
                 .min_by_key(|&i| {
                     let w = self.replicas[i].weight.max(1) as usize;
-                    (in_use(i) * 1000 / w, (i + self.next.fetch_add(1, Ordering::Relaxed)) % self.replicas.len())
+                    (
+                        in_use(i) * 1000 / w,
+                        (i + self.next.fetch_add(1, Ordering::Relaxed)) % self.replicas.len(),
+                    )
                 }),
         };
         picked.ok_or(NoReplica::NotCaughtUp)

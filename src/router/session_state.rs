@@ -123,9 +123,9 @@ impl<'a> Lexer<'a> {
                 // Quoted, with the quote doubled inside; no backslash escapes.
                 let mut i = 1;
                 loop {
-                    match b.get(i)? {
-                        &c if c == q && b.get(i + 1) == Some(&q) => i += 2,
-                        &c if c == q => break,
+                    match *b.get(i)? {
+                        c if c == q && b.get(i + 1) == Some(&q) => i += 2,
+                        c if c == q => break,
                         _ => i += 1,
                     }
                 }
@@ -171,8 +171,14 @@ mod tests {
 
     #[test]
     fn recognised() {
-        assert_eq!(parse_set(b"SET statement_timeout = 5000"), set("statement_timeout", "5000"));
-        assert_eq!(parse_set(b"set Statement_Timeout to '5s';"), set("statement_timeout", "'5s'"));
+        assert_eq!(
+            parse_set(b"SET statement_timeout = 5000"),
+            set("statement_timeout", "5000")
+        );
+        assert_eq!(
+            parse_set(b"set Statement_Timeout to '5s';"),
+            set("statement_timeout", "'5s'")
+        );
         assert_eq!(
             parse_set(b"SET search_path = '$user', public"),
             set("search_path", "'$user', public")
@@ -181,10 +187,19 @@ mod tests {
             parse_set(b"SET SESSION search_path TO \"My Schema\",public\0"),
             set("search_path", "\"My Schema\", public")
         );
-        assert_eq!(parse_set(b"SET myapp.user_id = 42"), set("myapp.user_id", "42"));
-        assert_eq!(parse_set(b"SET work_mem = '64MB'"), set("work_mem", "'64MB'"));
+        assert_eq!(
+            parse_set(b"SET myapp.user_id = 42"),
+            set("myapp.user_id", "42")
+        );
+        assert_eq!(
+            parse_set(b"SET work_mem = '64MB'"),
+            set("work_mem", "'64MB'")
+        );
         assert_eq!(parse_set(b"SET x = 'it''s'"), set("x", "'it''s'"));
-        assert_eq!(parse_set(b"SET lock_timeout = -1"), set("lock_timeout", "-1"));
+        assert_eq!(
+            parse_set(b"SET lock_timeout = -1"),
+            set("lock_timeout", "-1")
+        );
         assert_eq!(
             parse_set(b"RESET statement_timeout"),
             Some(SetChange::Reset {

@@ -1,7 +1,6 @@
 //! What the session needs of a classification, as a small `Copy` value.
 
-use super::classify::{Classifier, Kind, PinReason, Target};
-use super::functions::FunctionPolicy;
+use super::classify::{Kind, PinReason, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -26,23 +25,11 @@ impl Summary {
     }
 }
 
-impl Classifier {
-    /// Classifies `sql` (through the cache) down to what routing needs.
-    pub fn summarize(&self, sql: &str, policy: &FunctionPolicy) -> Summary {
-        let c = self.classify(sql, policy);
-        Summary {
-            target: c.target,
-            statements: c.statements.len(),
-            first: c.statements.first().map(|s| s.kind),
-            pins: c.pins,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::functions::Catalog;
+    use crate::router::classify::Classifier;
+    use crate::router::functions::{Catalog, FunctionPolicy};
     use std::sync::Arc;
 
     #[test]

@@ -74,7 +74,9 @@ fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
             continue;
         }
         let end = at.checked_add(len as usize)?;
-        cols.push(Some(String::from_utf8_lossy(body.get(at..end)?).into_owned()));
+        cols.push(Some(
+            String::from_utf8_lossy(body.get(at..end)?).into_owned(),
+        ));
         at = end;
     }
     Some(cols)

@@ -25,13 +25,13 @@ use std::time::Instant;
 use super::{Exit, Session};
 use crate::config::{Consistency, PoolMode, ReplicaFallback};
 use crate::pool::PoolGroup;
-use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::frames::HEADER_LEN;
+use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::{read_cstr, tag};
 use crate::router::classify::{Kind, PinReason, Target as Class};
-use crate::router::Summary;
 use crate::router::replicas::NoReplica;
 use crate::router::session_state::{parse_set, SetChange};
+use crate::router::Summary;
 use crate::server::{ParamMap, Reply, ServerConn};
 
 /// The server a unit runs on.
@@ -191,18 +191,19 @@ impl Session {
 
     /// The held BEGIN's transaction starts with this unit.
     async fn plan_held(&mut self, held: HeldBegin, unit: &Unit) -> Result<Option<Target>, Exit> {
-        match (unit.single, unit.len) {
-            (Some(k @ (Kind::Commit | Kind::Rollback)), Some(len)) => {
-                // Nothing ran: end the empty transaction here.
-                self.rbuf.advance(len);
-                self.out.clear();
-                let tag = if k == Kind::Commit { "COMMIT" } else { "ROLLBACK" };
-                messages::command_complete(&mut self.out, tag);
-                messages::ready_for_query(&mut self.out, b'I');
-                self.write_out().await?;
-                return Ok(None);
-            }
-            _ => {}
+        if let (Some(k @ (Kind::Commit | Kind::Rollback)), Some(len)) = (unit.single, unit.len) {
+            // Nothing ran: end the empty transaction here.
+            self.rbuf.advance(len);
+            self.out.clear();
+            let tag = if k == Kind::Commit {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            messages::command_complete(&mut self.out, tag);
+            messages::ready_for_query(&mut self.out, b'I');
+            self.write_out().await?;
+            return Ok(None);
         }
         let read_only = match unit.first {
             Some(Kind::SetTransaction {
@@ -232,7 +233,11 @@ impl Session {
     }
 
     /// Answers a lone BEGIN and keeps it until the transaction's first statement.
-    async fn hold_begin(&mut self, len: usize, read_only: Option<bool>) -> Result<Option<Target>, Exit> {
+    async fn hold_begin(
+        &mut self,
+        len: usize,
+        read_only: Option<bool>,
+    ) -> Result<Option<Target>, Exit> {
         let body = &self.rbuf[HEADER_LEN..len];
         let sql = body.strip_suffix(b"\0").unwrap_or(body).to_vec();
         let serializable = contains_word(&sql, b"SERIALIZABLE");
@@ -276,7 +281,12 @@ impl Session {
     fn default_read_only(&self) -> bool {
         self.wanted
             .get("default_transaction_read_only")
-            .is_some_and(|v| matches!(v.trim_matches('\'').to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"))
+            .is_some_and(|v| {
+                matches!(
+                    v.trim_matches('\'').to_ascii_lowercase().as_str(),
+                    "on" | "true" | "yes" | "1"
+                )
+            })
     }
 
     fn pin(&mut self, reason: PinReason) {
@@ -501,7 +511,9 @@ impl Session {
                     unnamed_parsed |= name.is_empty();
                 }
                 tag::BIND => {
-                    let name = read_cstr(body).and_then(|(_, r)| read_cstr(r)).map(|(n, _)| n);
+                    let name = read_cstr(body)
+                        .and_then(|(_, r)| read_cstr(r))
+                        .map(|(n, _)| n);
                     match name {
                         Some("") if unnamed_parsed => {}
                         Some(n) if !n.is_empty() => match self.statements.get(n.as_bytes()) {
