@@ -24,7 +24,10 @@
 #   POOL_SIZE  server pool size for both poolers           (20)
 #   ROUTING    1: also start two streaming replicas and measure routing
 #              (1)                    (target "routed": sluice with reads to
-#              the replicas; "tpcb-like" runs pgbench's default script through
+#              the replicas; "classified": routing on but its replicas
+#              unreachable, so every read is classified and falls back to the
+#              primary: the pooler's own cost of routing, with the servers'
+#              work the same as plain sluice; "tpcb-like" runs pgbench's default script through
 #              routed sluice with read_your_writes and with eventual
 #              consistency, for the write-latency cost of read-your-writes)
 #   SLUICE_BIN sluice binary        (<repo>/target/release/sluice)
@@ -47,7 +50,7 @@ SCALE="${SCALE:-10}"
 POOL_SIZE="${POOL_SIZE:-20}"
 ROUTING="${ROUTING:-1}"
 TARGETS="sluice direct pgbouncer"
-[[ $ROUTING == 1 ]] && TARGETS="sluice routed direct pgbouncer"
+[[ $ROUTING == 1 ]] && TARGETS="sluice classified routed direct pgbouncer"
 
 # Stray libpq settings from the caller's shell would silently redirect or alter
 # connections; everything below passes host/port/user/db explicitly.
@@ -95,6 +98,7 @@ fi
 TMP=""
 SLUICE_PID=""
 ROUTED_PID=""
+CLASSIFIED_PID=""
 EVENTUAL_PID=""
 REPLICA_DIRS=""
 BOUNCER_PID=""
@@ -123,6 +127,7 @@ cleanup() {
     stop_pid "${PGBENCH_PID:-}" pgbench
     stop_pid "$SLUICE_PID" sluice
     stop_pid "$ROUTED_PID" sluice-routed
+    stop_pid "$CLASSIFIED_PID" sluice-classified
     stop_pid "$EVENTUAL_PID" sluice-eventual
     for d in $REPLICA_DIRS; do
         as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1
@@ -165,6 +170,8 @@ pick_port() {
 PG_PORT=$(pick_port)
 SLUICE_PORT=$(pick_port)
 ROUTED_PORT=$(pick_port)
+CLASSIFIED_PORT=$(pick_port)
+DEAD_PORT=$(pick_port)
 EVENTUAL_PORT=$(pick_port)
 BOUNCER_PORT=$(pick_port)
 
@@ -282,9 +289,11 @@ wait_ready sluice "$SLUICE_PID" "$SLUICE_PORT" "$TMP/sluice.log"
 
 # The same pooler with the two replicas and routing on; and once more with
 # eventual consistency, to price read-your-writes.
-start_routed() { # name port consistency -> pid in STARTED_PID
+start_routed() { # name port consistency [replica ports] -> pid in STARTED_PID
     local name=$1 port=$2 consistency=$3 replicas
-    replicas=$(printf '"127.0.0.1:%s", ' "${REPLICA_PORTS[@]}")
+    shift 3
+    [[ $# -gt 0 ]] || set -- "${REPLICA_PORTS[@]}"
+    replicas=$(printf '"127.0.0.1:%s", ' "$@")
     sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$TMP/pooler.toml" >"$TMP/$name.toml"
     printf 'replicas = [%s]\n\n[routing]\nconsistency = "%s"\n' "${replicas%, }" "$consistency" >>"$TMP/$name.toml"
     log "starting $name on port $port"
@@ -297,6 +306,9 @@ if [[ $ROUTING == 1 ]]; then
     ROUTED_PID=$STARTED_PID
     start_routed eventual "$EVENTUAL_PORT" eventual
     EVENTUAL_PID=$STARTED_PID
+    # Nothing listens on DEAD_PORT: the replicas never come up.
+    start_routed classified "$CLASSIFIED_PORT" read_your_writes "$DEAD_PORT" "$DEAD_PORT"
+    CLASSIFIED_PID=$STARTED_PID
 fi
 
 # Plaintext userlist: PgBouncer needs the cleartext (or SCRAM secret) to do
@@ -339,6 +351,7 @@ port_of() {
     case $1 in
         sluice) echo "$SLUICE_PORT" ;;
         routed) echo "$ROUTED_PORT" ;;
+        classified) echo "$CLASSIFIED_PORT" ;;
         eventual) echo "$EVENTUAL_PORT" ;;
         direct) echo "$PG_PORT" ;;
         pgbouncer) echo "$BOUNCER_PORT" ;;
@@ -348,6 +361,7 @@ pid_of() {
     case $1 in
         sluice) echo "$SLUICE_PID" ;;
         routed) echo "$ROUTED_PID" ;;
+        classified) echo "$CLASSIFIED_PID" ;;
         eventual) echo "$EVENTUAL_PID" ;;
         pgbouncer) echo "$BOUNCER_PID" ;;
         *) echo "" ;;
@@ -490,9 +504,11 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
                 M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
         }
         for (i = 1; i <= nm; i++) {
-            s = M[i] SUBSEP "sluice"; r = M[i] SUBSEP "routed"
+            s = M[i] SUBSEP "sluice"; r = M[i] SUBSEP "routed"; c = M[i] SUBSEP "classified"
+            if (n[s] && n[c])
+                printf "%s: classified/sluice CPU per tx = %s (routing decided for every statement, same servers)\n", M[i], ratio(cpk(c), cpk(s))
             if (n[s] && n[r])
-                printf "%s: routed/sluice CPU per tx = %s (routing on, reads to replicas, vs off)\n", M[i], ratio(cpk(r), cpk(s))
+                printf "%s: routed/sluice CPU per tx = %s, tps = %s (reads on the replicas, on the same 2 cores)\n", M[i], ratio(cpk(r), cpk(s)), ratio(mtps(r), mtps(s))
         }
         r = "tpcb-like" SUBSEP "routed"; v = "tpcb-like" SUBSEP "eventual"
         if (n[r] && n[v] && nl[r] && nl[v])

@@ -48,7 +48,7 @@ pub async fn run() -> ExitCode {
     let code = match crate::start(cfg).await {
         Ok(_) => {
             println!();
-            println!("sluice is listening on 127.0.0.1:6432 (transaction pooling).");
+            println!("sluice is listening on 127.0.0.1:6432 (transaction pooling, reads routed to the replicas).");
             println!("  primary   127.0.0.1:{}", cluster.primary.port);
             for r in &cluster.replicas {
                 println!("  replica   127.0.0.1:{}", r.port);
@@ -57,6 +57,9 @@ pub async fn run() -> ExitCode {
             println!("  DATABASE_URL=postgres://app:app@127.0.0.1:6432/app");
             println!("  psql postgres://app:app@127.0.0.1:6432/app");
             println!("  pgbench -i postgres://app:app@127.0.0.1:6432/app && pgbench -c 20 -T 10 postgres://app:app@127.0.0.1:6432/app");
+            println!();
+            println!("  See where statements run: SELECT inet_server_port(), pg_is_in_recovery();");
+            println!("  (reads alternate between the replicas; writes, and your reads right after them, use the primary)");
             println!();
             println!("Press Ctrl-C to stop and remove everything.");
             let _ = tokio::signal::ctrl_c().await;

@@ -32,40 +32,11 @@ fn setup() {
     });
 }
 
-fn replica_ports() -> Vec<u16> {
-    cluster().replicas.iter().map(|r| r.port).collect()
-}
-
-async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
-    let row = c
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let port: i32 = row.get(row.len() - 1);
-    port as u16
-}
-
-/// A pooler with routing on, once its monitor has seen the replicas up (reads
-/// reach both of them).
+/// A pooler with routing on, once its monitor has seen the replicas up.
 async fn routed_pooler(pooler_extra: &str, tail: &str) -> SocketAddr {
     setup();
     let addr = pooler_with(pooler_extra, tail).await;
-    let c = connect(addr).await;
-    let replicas = replica_ports();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = HashSet::new();
-    while seen.len() < replicas.len() {
-        let p = port_of(&c, "SELECT inet_server_port()").await;
-        assert!(
-            Instant::now() < deadline,
-            "reads never reached both replicas {replicas:?}: {seen:?}, last {p}"
-        );
-        if replicas.contains(&p) {
-            seen.insert(p);
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_for_both_replicas(addr).await;
     addr
 }
 
@@ -327,31 +298,41 @@ async fn temporary_tables_pin_the_client_to_its_server() {
             .get(0);
         assert_eq!(n, i as i64 + 1);
     }
-}
-
-#[tokio::test]
-async fn route_primary_sends_everything_to_the_primary() {
-    setup();
-    let addr = pooler_with("", "route = \"primary\"").await;
-    let c = connect(addr).await;
-    for _ in 0..10 {
-        assert_eq!(
-            port_of(&c, "SELECT inet_server_port()").await,
-            primary_port()
+    // When the pinned client leaves, its server is reset before reuse: the
+    // temporary table is gone.
+    drop(c);
+    let admin = connect_primary().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pinned server kept its temporary table"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test]
-async fn routing_off_sends_everything_to_the_primary() {
+async fn route_primary_or_routing_off_sends_everything_to_the_primary() {
     setup();
-    let addr = pooler_with("", "[routing]\nread_write_split = false").await;
-    let c = connect(addr).await;
-    for _ in 0..10 {
-        assert_eq!(
-            port_of(&c, "SELECT inet_server_port()").await,
-            primary_port()
-        );
+    for tail in ["route = \"primary\"", PRIMARY_ONLY] {
+        let addr = pooler_with("", tail).await;
+        let c = connect(addr).await;
+        for _ in 0..10 {
+            let p = port_of(&c, "SELECT inet_server_port()").await;
+            assert_eq!(p, primary_port(), "{tail}");
+        }
     }
 }
 
@@ -403,57 +384,53 @@ async fn no_fit_replica_falls_back_or_fails_as_configured() {
 #[tokio::test]
 async fn classify_command_explains_the_route() {
     setup();
-    let bin = env!("CARGO_BIN_EXE_sluice");
-    let run = |args: Vec<String>| {
-        let out = std::process::Command::new(bin)
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let out = run(vec![
-        "classify".into(),
-        "SELECT * FROM t WHERE id = 1".into(),
-    ]);
-    assert!(out.starts_with("replica (read-only)"), "{out}");
-    let out = run(vec!["classify".into(), "SELECT * FROM t FOR UPDATE".into()]);
-    assert!(out.starts_with("primary (FOR UPDATE lock)"), "{out}");
-    let out = run(vec!["classify".into(), "SELECT nextval('s')".into()]);
-    assert!(
-        out.starts_with("primary (function nextval writes)"),
-        "{out}"
-    );
-    // With the config and a database: the catalog says write_fn is volatile.
     let dir = std::env::temp_dir().join(format!("sluice-classify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("pooler.toml");
     std::fs::write(&path, config_text(sluice::cluster::free_port(), "", "")).unwrap();
     let cfg = path.to_string_lossy().into_owned();
-    let out = run(vec![
-        "-c".into(),
-        cfg.clone(),
-        "classify".into(),
-        "--database".into(),
-        "app".into(),
-        "SELECT write_fn()".into(),
-    ]);
-    assert!(
-        out.starts_with("primary (function write_fn is volatile)"),
-        "{out}"
-    );
-    let out = run(vec![
-        "-c".into(),
-        cfg,
-        "classify".into(),
-        "--database".into(),
-        "app".into(),
-        "SELECT stable_fn()".into(),
-    ]);
-    assert!(out.starts_with("replica (read-only)"), "{out}");
+    // Without a config every function outside the built-in list is unknown;
+    // with one and a database, the primary's catalog decides.
+    let with_catalog = ["-c", cfg.as_str(), "classify", "--database", "app"];
+    for (prefix, sql, want) in [
+        (
+            &["classify"][..],
+            "SELECT * FROM t WHERE id = 1",
+            "replica (read-only)",
+        ),
+        (
+            &["classify"][..],
+            "SELECT * FROM t FOR UPDATE",
+            "primary (FOR UPDATE lock)",
+        ),
+        (
+            &["classify"][..],
+            "SELECT nextval('s')",
+            "primary (function nextval writes)",
+        ),
+        (
+            &with_catalog[..],
+            "SELECT write_fn()",
+            "primary (function write_fn is volatile)",
+        ),
+        (
+            &with_catalog[..],
+            "SELECT stable_fn()",
+            "replica (read-only)",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(prefix)
+            .arg(sql)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with(want), "{sql}: {text}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,52 +14,15 @@ use tokio::sync::Mutex;
 /// One test at a time: each changes the replicas everyone would see.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn replica_ports() -> Vec<u16> {
-    cluster().replicas.iter().map(|r| r.port).collect()
-}
-
 /// A superuser connection straight to replica `i` (0-based).
 async fn replica_admin(i: usize) -> tokio_postgres::Client {
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=app",
-        cluster().replicas[i].port
-    );
-    let (client, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .expect("connect replica");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
-    let row = c
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    row.get::<_, i32>(row.len() - 1) as u16
+    connect_superuser(cluster().replicas[i].port).await
 }
 
 /// A pooler whose monitor has seen both replicas serve reads.
 async fn routed_pooler(tail: &str) -> SocketAddr {
     let addr = pooler_with("default_pool_size = 4", tail).await;
-    let c = connect(addr).await;
-    let replicas = replica_ports();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = HashSet::new();
-    while seen.len() < replicas.len() {
-        assert!(
-            Instant::now() < deadline,
-            "reads never reached both replicas"
-        );
-        let p = port_of(&c, "SELECT inet_server_port()").await;
-        if replicas.contains(&p) {
-            seen.insert(p);
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_for_both_replicas(addr).await;
     addr
 }
 

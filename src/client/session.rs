@@ -488,7 +488,14 @@ impl Session {
                 return;
             }
         }
-        if self.mode == PoolMode::Session || self.pool.reset_always {
+        if self.route.pinned.is_some() && self.pool.reset_query.is_empty() {
+            // Nothing would clear what the pin was for: do not reuse it.
+            self.pool.discard(srv);
+            return;
+        }
+        // A pinned client left state on its server (temporary tables,
+        // advisory locks, cursors): reset it like a session-mode server.
+        if self.mode == PoolMode::Session || self.pool.reset_always || self.route.pinned.is_some() {
             self.reset(&mut srv).await;
         }
         self.pool.release(srv);

@@ -179,10 +179,12 @@ pub async fn connect_as(
 
 /// A tokio-postgres client straight to the primary, as the superuser.
 pub async fn connect_primary() -> tokio_postgres::Client {
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=app",
-        primary_port()
-    );
+    connect_superuser(primary_port()).await
+}
+
+/// A tokio-postgres client straight to a node of the cluster, as the superuser.
+pub async fn connect_superuser(port: u16) -> tokio_postgres::Client {
+    let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
     let (client, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
         .await
         .expect("connect primary");
@@ -320,4 +322,40 @@ pub fn pg_tool(program: &str, addr: SocketAddr) -> tokio::process::Command {
     ])
     .env("PGPASSWORD", APP_PASSWORD);
     cmd
+}
+
+/// The ports of the cluster's replicas.
+pub fn replica_ports() -> Vec<u16> {
+    cluster().replicas.iter().map(|r| r.port).collect()
+}
+
+/// The port of the server that answered `sql`, whose last column must be
+/// `inet_server_port()`.
+pub async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.get::<_, i32>(row.len() - 1) as u16
+}
+
+/// Waits until reads through the pooler have reached both replicas (its
+/// monitor has seen them up and loaded the function catalog).
+pub async fn wait_for_both_replicas(addr: SocketAddr) {
+    let c = connect(addr).await;
+    let replicas = replica_ports();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < replicas.len() {
+        let p = port_of(&c, "SELECT inet_server_port()").await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never reached both replicas {replicas:?}: {seen:?}, last {p}"
+        );
+        if replicas.contains(&p) {
+            seen.insert(p);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

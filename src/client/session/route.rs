@@ -153,7 +153,12 @@ impl Session {
             self.route.writes = true;
             return Ok(Some(Target::Primary));
         }
-        let unit = self.inspect_unit();
+        let mut unit = self.inspect_unit();
+        if unit.pin == Some(PinReason::Listen) {
+            // LISTEN is refused in transaction and statement mode (see
+            // `listen_refusal`): nothing stays on the server.
+            unit.pin = None;
+        }
         tracing::trace!(client = %self.peer, len = ?unit.len, read = unit.read, first = ?unit.first, pin = ?unit.pin, "unit");
         if let Some(held) = self.route.held_begin.take() {
             return self.plan_held(held, &unit).await;
