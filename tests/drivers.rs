@@ -9,11 +9,13 @@ mod support;
 
 use support::*;
 
-async fn check(driver: &str) {
-    // 20 clients per check against a pool of 8 servers. Primary only: the
-    // schema-change checks alter a table on one connection and read it on
-    // others at once, which read-your-writes (per client) does not promise.
-    let addr = pooler_with("default_pool_size = 8", PRIMARY_ONLY).await;
+async fn check(driver: &str, tail: &str) {
+    // 20 clients per check against a pool of 8 servers per server, routing
+    // on unless `tail` turns it off. The schema-change checks alter a table
+    // on one connection and read it at once on others; sluice sends every
+    // client's reads to the primary until the replicas have replayed a
+    // schema change.
+    let addr = pooler_with("default_pool_size = 8", tail).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let out = tokio::process::Command::new("bash")
         .arg(script)
@@ -42,23 +44,27 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test]
 async fn psycopg() {
     let _one = SERIAL.lock().await;
-    check("psycopg").await;
+    check("psycopg", "").await;
 }
 
 #[tokio::test]
 async fn asyncpg() {
     let _one = SERIAL.lock().await;
-    check("asyncpg").await;
+    check("asyncpg", "").await;
 }
 
 #[tokio::test]
 async fn node_postgres() {
     let _one = SERIAL.lock().await;
-    check("node").await;
+    check("node", "").await;
 }
 
 #[tokio::test]
 async fn pgjdbc() {
     let _one = SERIAL.lock().await;
-    check("jdbc").await;
+    // Primary only: pgjdbc binds with the result formats of the row
+    // description it cached; after a schema change, a replica server that
+    // never held the old statement prepares it fresh in the new shape and
+    // refuses that Bind (08P01) instead of the 0A000 pgjdbc recovers from.
+    check("jdbc", PRIMARY_ONLY).await;
 }

@@ -434,3 +434,29 @@ async fn classify_command_explains_the_route() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn every_client_sees_a_schema_change_at_once() {
+    let addr = routed_pooler("", "").await;
+    let admin = connect(addr).await;
+    let reader = connect(addr).await;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS shape_t; CREATE TABLE shape_t (id int); INSERT INTO shape_t VALUES (1)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE shape_t ADD COLUMN c{i} int DEFAULT {i}"
+            ))
+            .await
+            .unwrap();
+        // Another client, at once: its read must not reach a replica that has
+        // not replayed the ALTER.
+        let row = reader
+            .query_one(&format!("SELECT c{i} FROM shape_t"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("column c{i} missing: {e}"));
+        assert_eq!(row.get::<_, i32>(0), i);
+    }
+}

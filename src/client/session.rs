@@ -598,9 +598,20 @@ impl Session {
                         .await);
                 }
             };
-            if let Piece::Frame { tag, .. } = piece {
+            if let Piece::Frame { tag, len } = piece {
                 // The end of a unit: on a replica, the next one is routed anew.
                 self.route.unit_sent |= matches!(tag, tag::QUERY | tag::SYNC);
+                if matches!(tag, tag::QUERY | tag::PARSE) && self.watches_schema_changes() {
+                    let body = &self.rbuf[pos + HEADER_LEN..pos + len];
+                    let sql = if tag == tag::PARSE {
+                        read_cstr(body).map_or(&[][..], |(_, rest)| rest)
+                    } else {
+                        body
+                    };
+                    if route::changes_schema(sql) {
+                        self.mark_schema_change();
+                    }
+                }
             }
             match piece {
                 Piece::NeedMore => break,

@@ -29,6 +29,33 @@ pub struct DbRouting {
     next: AtomicUsize,
     /// Set when the pooler that owns this state goes away: the monitor stops.
     pub stopped: AtomicBool,
+    /// Schema changes running now, by any client: every read goes to the
+    /// primary meanwhile.
+    schema_changes: AtomicUsize,
+    /// When the last schema change finished: every client's reads then need
+    /// a replica that has replayed it (read-your-writes for everyone).
+    last_schema_change: Mutex<Option<Instant>>,
+}
+
+/// Held while a client's attachment runs a schema change (DDL); dropping it
+/// dates the change for every client's reads.
+pub struct SchemaChange(Arc<DbRouting>);
+
+impl SchemaChange {
+    pub fn start(routing: &Arc<DbRouting>) -> SchemaChange {
+        routing.schema_changes.fetch_add(1, Ordering::AcqRel);
+        SchemaChange(routing.clone())
+    }
+}
+
+impl Drop for SchemaChange {
+    fn drop(&mut self) {
+        let r = &self.0;
+        *r.last_schema_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        r.schema_changes.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the monitor knows of one replica.
@@ -139,6 +166,8 @@ impl DbRouting {
             schedule,
             next: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            schema_changes: AtomicUsize::new(0),
+            last_schema_change: Mutex::new(None),
             config: config.clone(),
         });
         if state.routes() {
@@ -222,6 +251,23 @@ impl DbRouting {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let i = h.partition_point(|&(t, _)| t <= since);
         h.get(i).map(|&(_, l)| l)
+    }
+
+    /// The WAL position every client's reads need after schema changes;
+    /// `None` while one runs or has not been sampled since it finished (reads
+    /// then go to the primary).
+    pub fn schema_lsn(&self) -> Option<u64> {
+        if self.schema_changes.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = *self
+            .last_schema_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match last {
+            None => Some(0),
+            Some(at) => self.lsn_after(at),
+        }
     }
 
     /// Picks a fit replica that has replayed `min_lsn`, skipping `exclude`.

@@ -29,7 +29,7 @@ use crate::protocol::frames::HEADER_LEN;
 use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::{read_cstr, tag};
 use crate::router::classify::{Kind, PinReason, Target as Class};
-use crate::router::replicas::NoReplica;
+use crate::router::replicas::{NoReplica, SchemaChange};
 use crate::router::session_state::{parse_set, SetChange};
 use crate::router::Summary;
 use crate::server::{ParamMap, Reply, ServerConn};
@@ -88,6 +88,8 @@ pub struct RouteState {
     pub pending_set: Option<SetChange>,
     /// The client's startup parameters: what RESET goes back to.
     pub startup: ParamMap,
+    /// The attached server runs a schema change of this client's.
+    schema_change: Option<SchemaChange>,
 }
 
 impl RouteState {
@@ -108,6 +110,7 @@ impl RouteState {
             pinned: None,
             pending_set: None,
             startup: wanted.clone(),
+            schema_change: None,
         }
     }
 }
@@ -321,7 +324,13 @@ impl Session {
                 }
             }
         }
-        let min_lsn = if ryw { self.route.min_lsn } else { 0 };
+        // Every client sees a schema change once it has committed: a
+        // statement prepared on a replica that lacks it would have the old
+        // shape.
+        let Some(schema_lsn) = routing.schema_lsn() else {
+            return Ok(Target::Primary);
+        };
+        let min_lsn = if ryw { self.route.min_lsn } else { 0 }.max(schema_lsn);
         tracing::trace!(client = %self.peer, min_lsn = format_args!("{min_lsn:X}"), "choosing a replica");
         let replicas = &self.pools.replicas;
         match routing.pick(min_lsn, exclude, advance, |i| replicas[i].in_use()) {
@@ -410,9 +419,23 @@ impl Session {
     /// Bookkeeping when the server goes back: a primary attachment that may
     /// have written dates the client's last write (read-your-writes).
     pub(super) fn on_release(&mut self) {
+        // Dropping the guard dates the schema change for everyone.
+        self.route.schema_change = None;
         if self.route.target == Target::Primary && self.route.writes && self.route.enabled {
             self.route.last_write = Some(Instant::now());
         }
+    }
+
+    /// Whether Query and Parse texts are checked for schema changes: routing
+    /// is on and this attachment has not been seen to change the schema yet.
+    pub(super) fn watches_schema_changes(&self) -> bool {
+        self.route.enabled && self.route.schema_change.is_none()
+    }
+
+    /// No client reads from a replica until it has replayed this schema
+    /// change (see `choose_replica`).
+    pub(super) fn mark_schema_change(&mut self) {
+        self.route.schema_change = Some(SchemaChange::start(&self.pools.routing));
     }
 
     /// A server accepted the client's SET or RESET: remember it so it follows
@@ -558,6 +581,15 @@ fn classify_bytes(
         // Not UTF-8 (another client_encoding): nothing is proven.
         Err(_) => Summary::primary(),
     }
+}
+
+/// A statement that changes the schema, by its first keyword.
+pub fn changes_schema(sql: &[u8]) -> bool {
+    const DDL: [&str; 8] = [
+        "CREATE", "ALTER", "DROP", "TRUNCATE", "COMMENT", "GRANT", "REVOKE", "REFRESH",
+    ];
+    let first = crate::router::first_keyword(sql);
+    DDL.iter().any(|w| first.eq_ignore_ascii_case(w.as_bytes()))
 }
 
 /// The length of the complete message at `pos`, if it is all there.
