@@ -630,3 +630,59 @@ impl PinCounts {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_changes_by_first_keyword() {
+        for sql in [
+            "ALTER TABLE t ADD c int",
+            " create index i on t(a)",
+            "/* x */ DROP VIEW v",
+            "truncate t",
+            "GRANT SELECT ON t TO u",
+            "REFRESH MATERIALIZED VIEW m",
+        ] {
+            assert!(changes_schema(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "-- ALTER\nSELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "",
+        ] {
+            assert!(!changes_schema(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn retryable_codes() {
+        for code in [
+            "25006", "57P01", "57P02", "57P03", "40001", "08006", "08P01",
+        ] {
+            assert!(retryable(code), "{code}");
+        }
+        for code in ["42P01", "23505", "57014", "0A000"] {
+            assert!(!retryable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn whole_words_only() {
+        assert!(contains_word(
+            b"BEGIN ISOLATION LEVEL SERIALIZABLE",
+            b"SERIALIZABLE"
+        ));
+        assert!(contains_word(
+            b"begin isolation level serializable, read only",
+            b"SERIALIZABLE"
+        ));
+        assert!(!contains_word(
+            b"BEGIN /* NOTSERIALIZABLEX */",
+            b"SERIALIZABLE"
+        ));
+    }
+}
