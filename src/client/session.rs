@@ -94,6 +94,11 @@ pub struct Session {
     /// The client's last batch, kept in case a schema change makes the server
     /// refuse a mapped statement's cached plan.
     replay: Replay,
+    /// A Bind of a statement version older than a schema change went to a
+    /// server that never prepared it: the server's "does not exist" error is
+    /// answered as the plan-change error the client would get from a server
+    /// that did.
+    stale_bind: bool,
 }
 
 /// Retrying a batch once after "cached plan must not change result type".
@@ -165,6 +170,7 @@ impl Session {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             replay: Replay::default(),
+            stale_bind: false,
         }
     }
 
@@ -771,8 +777,26 @@ impl Session {
                 };
                 self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
-                ensure_prepared(&mut self.to_server, srv, &bound, max);
                 let prefix = &body[..portal.len() + 1];
+                let stale = bound.version != bound.statement.version()
+                    && srv.prepared.lookup(bound.version, srv.owed.segment()) == Held::No;
+                if stale {
+                    // Preparing the old version here would plan it in the
+                    // new shape, under row descriptions the client cached
+                    // before the change. A name no server holds makes the
+                    // server fail this Bind and skip to Sync.
+                    put_renamed(
+                        &mut self.to_server,
+                        tag::BIND,
+                        prefix,
+                        b"sluice_stale",
+                        rest,
+                    );
+                    srv.owed.push(Reply::BindComplete { stmt: None });
+                    self.stale_bind = true;
+                    return true;
+                }
+                ensure_prepared(&mut self.to_server, srv, &bound, max);
                 put_renamed(
                     &mut self.to_server,
                     tag::BIND,
@@ -989,6 +1013,7 @@ impl Session {
         let mut flushed = 0;
         let mut idle = false;
         let mut plan_changed = false;
+        let mut replace_error = false;
         while !idle {
             // The pooler's own replies go out as soon as everything owed
             // before them has been forwarded.
@@ -1026,6 +1051,8 @@ impl Session {
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
                         btag::ERROR_RESPONSE => {
                             let fields = ErrorFields::parse(body);
+                            replace_error = self.stale_bind && fields.code == "26000";
+                            self.stale_bind = false;
                             plan_changed = fields.code == "0A000"
                                 && fields.message == "cached plan must not change result type";
                             self.route.pending_set = None;
@@ -1099,7 +1126,13 @@ impl Session {
                 return self.refuse_transaction(srv, pos + len).await;
             }
             let swallowing = self.replay.state == ReplayState::Swallowing;
-            if !handled.forward || swallowing || self.route.retry.swallow {
+            if replace_error && handled.forward && !swallowing && !self.route.retry.swallow {
+                self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);
+                messages::plan_changed_error(&mut self.to_client);
+                flushed = pos + len;
+                replace_error = false;
+                self.replay.state = ReplayState::Off;
+            } else if !handled.forward || swallowing || self.route.retry.swallow {
                 // A reply to a message the pooler injected, or to a batch it
                 // is about to send again: cut it out.
                 self.to_client.extend_from_slice(&srv.rbuf[flushed..pos]);

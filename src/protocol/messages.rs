@@ -53,6 +53,20 @@ pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) 
     encode(msg, buf);
 }
 
+/// The ErrorResponse PostgreSQL sends when a statement's cached plan would
+/// change its result type; drivers (pgjdbc, asyncpg) re-prepare on it, and
+/// pgjdbc recognises it by its routine.
+pub fn plan_changed_error(buf: &mut BytesMut) {
+    let msg = ErrorResponse::new(vec![
+        (b'S', "ERROR".to_string()),
+        (b'V', "ERROR".to_string()),
+        (b'C', "0A000".to_string()),
+        (b'M', "cached plan must not change result type".to_string()),
+        (b'R', "RevalidateCachedQuery".to_string()),
+    ]);
+    encode(msg, buf);
+}
+
 /// Appends a ReadyForQuery with the given status byte (`I`, `T` or `E`).
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     let status = match status {
