@@ -115,6 +115,9 @@ impl RouteState {
     }
 }
 
+/// Largest read unit kept for a retry elsewhere.
+const MAX_RETRY_UNIT: usize = 64 * 1024;
+
 /// Errors a replica gives for a read that the primary (or another replica)
 /// would serve: shutting down or starting, read-only violations, lost
 /// connections and recovery conflicts.
@@ -346,7 +349,8 @@ impl Session {
     fn arm_retry(&mut self, len: usize, replica: usize) {
         let r = &mut self.route.retry;
         r.swallow = false;
-        if r.used {
+        if r.used || len > MAX_RETRY_UNIT {
+            // Retried once already, or too large to keep a copy of.
             r.used = false;
             r.armed = false;
             return;
