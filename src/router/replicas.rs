@@ -323,16 +323,18 @@ impl DbRouting {
                     })
                 }
             }
-            LoadBalance::LeastConnections => (0..self.replicas.len())
-                .filter(|&i| ok(i))
-                // Fewest connections per unit of weight; ties go round robin.
-                .min_by_key(|&i| {
-                    let w = self.replicas[i].weight.max(1) as usize;
-                    (
-                        in_use(i) * 1000 / w,
-                        (i + self.next.fetch_add(1, Ordering::Relaxed)) % self.replicas.len(),
-                    )
-                }),
+            LoadBalance::LeastConnections => {
+                let n = self.replicas.len();
+                // Ties go round robin: one offset per pick, not per candidate.
+                let offset = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                (0..n)
+                    .filter(|&i| ok(i))
+                    // Fewest connections per unit of weight.
+                    .min_by_key(|&i| {
+                        let w = self.replicas[i].weight.max(1) as usize;
+                        (in_use(i) * 1000 / w, (i + n - offset) % n)
+                    })
+            }
         };
         picked.ok_or(NoReplica::NotCaughtUp)
     }
