@@ -348,6 +348,64 @@ async fn schema_change_without_describe_reaches_the_client() {
 }
 
 #[tokio::test]
+async fn schema_change_reaches_a_client_whose_statement_must_be_prepared_again() {
+    // The server forgets the statement (it holds one at most), then another
+    // client alters the table. Preparing the old text afresh would plan it in
+    // the new shape under the description this client cached: it must get
+    // PostgreSQL's error instead, and a client that describes the portal
+    // gets the answer in the new shape.
+    let addr = pooler_with(
+        "default_pool_size = 1\nmax_prepared_statements = 1",
+        PRIMARY_ONLY,
+    )
+    .await;
+    let c = connect(addr).await;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS plan_w; CREATE TABLE plan_w (a int); INSERT INTO plan_w VALUES (1); GRANT ALL ON plan_w TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    let stmt = c.prepare("SELECT * FROM plan_w").await.unwrap();
+    assert_eq!(c.query(&stmt, &[]).await.unwrap().len(), 1);
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("described", "SELECT * FROM plan_w", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    raw.until_ready().await;
+    let other = c.prepare("SELECT 1").await.unwrap();
+    c.query(&other, &[]).await.unwrap();
+    let admin = connect(addr).await;
+    admin
+        .batch_execute("ALTER TABLE plan_w ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let e = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    let fresh = c.prepare("SELECT * FROM plan_w").await.unwrap();
+    assert_eq!(c.query(&fresh, &[]).await.unwrap()[0].len(), 2);
+
+    out.clear();
+    bind_no_params("described", &mut out);
+    frontend::describe(b'P', "", &mut out).unwrap();
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let replies = raw.until_ready().await;
+    assert_eq!(
+        replies.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        b"2TDCZ",
+        "{:?}",
+        replies
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+            .collect::<Vec<_>>()
+    );
+    let (_, row) = replies.iter().find(|(t, _)| *t == b'D').unwrap();
+    assert_eq!(u16::from_be_bytes([row[0], row[1]]), 2);
+}
+
+#[tokio::test]
 async fn sql_prepare_execute_deallocate_across_servers() {
     let addr = pooler("default_pool_size = 3").await;
     let a = connect(addr).await;

@@ -28,6 +28,8 @@ pub struct Statement {
     /// get a fresh plan while clients still bound to the old version keep
     /// getting PostgreSQL's error (their cached row descriptions are stale).
     version: AtomicU64,
+    /// The registry's schema epoch when `version` began.
+    epoch: AtomicU64,
 }
 
 impl Statement {
@@ -88,6 +90,11 @@ pub fn global_name(id: u64) -> String {
 pub struct Registry {
     inner: Mutex<Inner>,
     max_bytes: usize,
+    /// Counts the schema changes clients ran through sluice. A statement
+    /// version from an older epoch may have another result shape now: a new
+    /// Parse gets a new version, and a client bound to the old one is not
+    /// planned afresh on a server that never held it.
+    schema_epoch: AtomicU64,
 }
 
 struct Inner {
@@ -105,7 +112,49 @@ impl Registry {
                 bytes: 0,
             }),
             max_bytes,
+            schema_epoch: AtomicU64::new(0),
         }
+    }
+
+    pub fn schema_epoch(&self) -> u64 {
+        self.schema_epoch.load(Ordering::Acquire)
+    }
+
+    /// A client ran (or finished) a schema change.
+    pub fn schema_changed(&self) {
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// What a client's Parse of `statement` binds to now: its current
+    /// version, or a new one if the schema changed since that version began.
+    pub fn bind(&self, statement: Arc<Statement>) -> Bound {
+        let epoch = self.schema_epoch();
+        if statement.epoch.load(Ordering::Acquire) < epoch {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if statement.epoch.load(Ordering::Acquire) < epoch {
+                let version = inner.next_id;
+                inner.next_id += 1;
+                statement.version.store(version, Ordering::Relaxed);
+                statement.epoch.store(epoch, Ordering::Release);
+            }
+        }
+        Bound {
+            version: statement.version(),
+            epoch: statement.epoch.load(Ordering::Acquire),
+            statement,
+        }
+    }
+
+    /// Whether `statement`'s current version began after the last schema
+    /// change, so a Parse of it may be answered without a server.
+    pub fn is_current(&self, statement: &Statement) -> bool {
+        statement.epoch.load(Ordering::Acquire) >= self.schema_epoch()
+    }
+
+    /// Whether a client bound to `bound` may have a row description from
+    /// before a schema change.
+    pub fn is_stale(&self, bound: &Bound) -> bool {
+        bound.version != bound.statement.version() || bound.epoch < self.schema_epoch()
     }
 
     /// The statement for a Parse body's text and types (`key`), registering it
@@ -132,6 +181,7 @@ impl Registry {
             key_at,
             valid: AtomicBool::new(false),
             version: AtomicU64::new(id),
+            epoch: AtomicU64::new(self.schema_epoch()),
         });
         inner.bytes += statement.size() + statement.key().len();
         if inner.bytes > self.max_bytes {
@@ -158,6 +208,9 @@ impl Registry {
         let version = inner.next_id;
         inner.next_id += 1;
         statement.version.store(version, Ordering::Relaxed);
+        statement
+            .epoch
+            .store(self.schema_epoch(), Ordering::Release);
         version
     }
 
@@ -196,6 +249,8 @@ impl Inner {
 pub struct Bound {
     pub statement: Arc<Statement>,
     pub version: u64,
+    /// The schema epoch `version` began in.
+    pub epoch: u64,
 }
 
 /// A client's own statement names.
@@ -209,14 +264,9 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    /// Binds `name` to the current version of `statement`; returns it.
-    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) -> Bound {
-        let bound = Bound {
-            version: statement.version(),
-            statement,
-        };
-        self.by_name.insert(name.into(), bound.clone());
-        bound
+    /// Gives `name` to `bound` (from `Registry::bind`).
+    pub fn insert(&mut self, name: &[u8], bound: Bound) {
+        self.by_name.insert(name.into(), bound);
     }
 
     pub fn remove(&mut self, name: &[u8]) {
@@ -241,6 +291,7 @@ impl ClientStatements {
         for b in self.by_name.values_mut() {
             if b.version == old {
                 b.version = new;
+                b.epoch = b.statement.epoch.load(Ordering::Acquire);
             }
         }
     }

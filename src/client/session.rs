@@ -310,7 +310,13 @@ impl Session {
                     let Some(stmt) = self.app.statements.get_valid(key) else {
                         break;
                     };
-                    self.statements.insert(name, stmt);
+                    // After a schema change the text may no longer parse:
+                    // let a server say so.
+                    if !self.app.statements.is_current(&stmt) {
+                        break;
+                    }
+                    let bound = self.app.statements.bind(stmt);
+                    self.statements.insert(name, bound);
                     put_empty_message(&mut self.to_client, btag::PARSE_COMPLETE);
                 }
                 tag::CLOSE => {
@@ -615,7 +621,7 @@ impl Session {
                         body
                     };
                     if route::changes_schema(sql) {
-                        self.mark_schema_change();
+                        self.note_schema_change(route::changes_result_shapes(sql));
                     }
                 }
             }
@@ -745,7 +751,8 @@ impl Session {
                     return false;
                 }
                 let stmt = self.app.statements.get_or_insert(key);
-                let bound = self.statements.insert(name, stmt);
+                let bound = self.app.statements.bind(stmt);
+                self.statements.insert(name, bound.clone());
                 self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
                 match srv.prepared.lookup(bound.version, srv.owed.segment()) {
@@ -778,13 +785,16 @@ impl Session {
                 self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
                 let prefix = &body[..portal.len() + 1];
-                let stale = bound.version != bound.statement.version()
-                    && srv.prepared.lookup(bound.version, srv.owed.segment()) == Held::No;
+                let stale = self.app.statements.is_stale(&bound)
+                    && srv.prepared.lookup(bound.version, srv.owed.segment()) == Held::No
+                    && !describes_portal_next(&self.rbuf[start + len..], portal);
                 if stale {
                     // Preparing the old version here would plan it in the
                     // new shape, under row descriptions the client cached
-                    // before the change. A name no server holds makes the
-                    // server fail this Bind and skip to Sync.
+                    // before the change (a client that describes the portal
+                    // gets the new shape and is safe). A name no server
+                    // holds makes the server fail this Bind and skip to
+                    // Sync.
                     put_renamed(
                         &mut self.to_server,
                         tag::BIND,
@@ -1333,6 +1343,27 @@ fn ensure_prepared(out: &mut BytesMut, srv: &mut ServerConn, bound: &Bound, max:
         }
         Held::No => prepare_on(out, srv, bound, false, max),
     }
+}
+
+/// Whether the frame after a Bind, if already received, is a Describe of
+/// the portal it creates: the client then takes the row description from the
+/// server rather than from its cache.
+fn describes_portal_next(after: &[u8], portal: &[u8]) -> bool {
+    let Some((&tag, rest)) = after.split_first() else {
+        return false;
+    };
+    let Some(len) = rest.get(..4) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let Some(body) = rest.get(4..len) else {
+        return false;
+    };
+    tag == tag::DESCRIBE
+        && body.len() == portal.len() + 2
+        && body[0] == b'P'
+        && body[1..=portal.len()] == *portal
+        && body[portal.len() + 1] == 0
 }
 
 /// The name a server knows the client's version of a statement by.

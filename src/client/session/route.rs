@@ -90,6 +90,9 @@ pub struct RouteState {
     pub startup: ParamMap,
     /// The attached server runs a schema change of this client's.
     schema_change: Option<SchemaChange>,
+    /// This attachment sent a schema change that may change result shapes
+    /// (routing on or off).
+    pub ddl_seen: bool,
 }
 
 impl RouteState {
@@ -111,6 +114,7 @@ impl RouteState {
             pending_set: None,
             startup: wanted.clone(),
             schema_change: None,
+            ddl_seen: false,
         }
     }
 }
@@ -425,21 +429,34 @@ impl Session {
     pub(super) fn on_release(&mut self) {
         // Dropping the guard dates the schema change for everyone.
         self.route.schema_change = None;
+        if std::mem::take(&mut self.route.ddl_seen) {
+            // Again now that it has committed: a statement prepared while
+            // it ran may have the old shape.
+            self.app.statements.schema_changed();
+        }
         if self.route.target == Target::Primary && self.route.writes && self.route.enabled {
             self.route.last_write = Some(Instant::now());
         }
     }
 
-    /// Whether Query and Parse texts are checked for schema changes: routing
-    /// is on and this attachment has not been seen to change the schema yet.
+    /// Whether Query and Parse texts are checked for schema changes: not
+    /// once this attachment has been seen to make one.
     pub(super) fn watches_schema_changes(&self) -> bool {
-        self.route.enabled && self.route.schema_change.is_none()
+        !self.route.ddl_seen && self.route.schema_change.is_none()
     }
 
-    /// No client reads from a replica until it has replayed this schema
-    /// change (see `choose_replica`).
-    pub(super) fn mark_schema_change(&mut self) {
-        self.route.schema_change = Some(SchemaChange::start(&self.pools.routing));
+    /// The client sent a schema change. Prepared statements from before it
+    /// get new versions (`Registry::schema_changed`), and with routing on no
+    /// client reads from a replica until it has replayed the change (see
+    /// `choose_replica`).
+    pub(super) fn note_schema_change(&mut self, shapes: bool) {
+        if shapes {
+            self.route.ddl_seen = true;
+            self.app.statements.schema_changed();
+        }
+        if self.route.enabled {
+            self.route.schema_change = Some(SchemaChange::start(&self.pools.routing));
+        }
     }
 
     /// A server accepted the client's SET or RESET: remember it so it follows
@@ -596,6 +613,19 @@ pub fn changes_schema(sql: &[u8]) -> bool {
     DDL.iter().any(|w| first.eq_ignore_ascii_case(w.as_bytes()))
 }
 
+/// A schema change that may change the result shape of statements other
+/// sessions prepared: CREATE (not of a temporary object), ALTER or DROP.
+pub fn changes_result_shapes(sql: &[u8]) -> bool {
+    let first = crate::router::first_keyword(sql);
+    if first.eq_ignore_ascii_case(b"ALTER") || first.eq_ignore_ascii_case(b"DROP") {
+        return true;
+    }
+    first.eq_ignore_ascii_case(b"CREATE")
+        && !crate::router::keywords(sql, 5)
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(b"TEMP") || w.eq_ignore_ascii_case(b"TEMPORARY"))
+}
+
 /// The length of the complete message at `pos`, if it is all there.
 fn frame_len(buf: &[u8], pos: usize) -> Option<usize> {
     let h = buf.get(pos..pos + HEADER_LEN)?;
@@ -638,6 +668,28 @@ impl PinCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_shape_changes() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c int",
+            "drop view v",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "CREATE TABLE t (temp int)",
+        ] {
+            assert!(changes_result_shapes(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "CREATE TEMP TABLE t (a int)",
+            "create local temporary table t (a int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "TRUNCATE t",
+            "GRANT SELECT ON t TO u",
+            "SELECT 1",
+        ] {
+            assert!(!changes_result_shapes(sql.as_bytes()), "{sql}");
+        }
+    }
 
     #[test]
     fn schema_changes_by_first_keyword() {
