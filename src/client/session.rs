@@ -1056,7 +1056,13 @@ impl Session {
                     let body = &srv.rbuf[pos + HEADER_LEN..pos + len];
                     match tag {
                         btag::READY_FOR_QUERY => {
-                            srv.tx_status = body.first().copied().unwrap_or(b'I')
+                            srv.tx_status = body.first().copied().unwrap_or(b'I');
+                            if srv.tx_status == b'I' && std::mem::take(&mut self.route.ddl_seen) {
+                                // The schema change has committed (or rolled
+                                // back): count it before the client, or anyone
+                                // it tells, can act on it.
+                                self.app.statements.schema_changed();
+                            }
                         }
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
                         btag::ERROR_RESPONSE => {

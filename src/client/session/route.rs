@@ -430,8 +430,8 @@ impl Session {
         // Dropping the guard dates the schema change for everyone.
         self.route.schema_change = None;
         if std::mem::take(&mut self.route.ddl_seen) {
-            // Again now that it has committed: a statement prepared while
-            // it ran may have the old shape.
+            // Its transaction ended without a ReadyForQuery seen (the
+            // client or the server went away): count it anyway.
             self.app.statements.schema_changed();
         }
         if self.route.target == Target::Primary && self.route.writes && self.route.enabled {
@@ -446,14 +446,13 @@ impl Session {
     }
 
     /// The client sent a schema change. Prepared statements from before it
-    /// get new versions (`Registry::schema_changed`), and with routing on no
+    /// get new versions once it ends (`Registry::schema_changed`), and with routing on no
     /// client reads from a replica until it has replayed the change (see
     /// `choose_replica`).
     pub(super) fn note_schema_change(&mut self, shapes: bool) {
-        if shapes {
-            self.route.ddl_seen = true;
-            self.app.statements.schema_changed();
-        }
+        // Counted once its transaction ends: a statement prepared while it
+        // runs gets the old shape, and is known stale after the count.
+        self.route.ddl_seen |= shapes;
         if self.route.enabled {
             self.route.schema_change = Some(SchemaChange::start(&self.pools.routing));
         }
