@@ -95,6 +95,8 @@ pub struct Registry {
     /// Parse gets a new version, and a client bound to the old one is not
     /// planned afresh on a server that never held it.
     schema_epoch: AtomicU64,
+    /// Schema changes sent and not yet counted in `schema_epoch`.
+    schema_in_flight: AtomicU64,
 }
 
 struct Inner {
@@ -113,6 +115,7 @@ impl Registry {
             }),
             max_bytes,
             schema_epoch: AtomicU64::new(0),
+            schema_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -120,9 +123,18 @@ impl Registry {
         self.schema_epoch.load(Ordering::Acquire)
     }
 
-    /// A client ran (or finished) a schema change.
+    /// A client sent a schema change; `schema_changed` follows when its
+    /// transaction ends.
+    pub fn schema_change_started(&self) {
+        self.schema_in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A schema change's transaction ended.
     pub fn schema_changed(&self) {
         self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+        let _ = self
+            .schema_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// What a client's Parse of `statement` binds to now: its current
@@ -208,9 +220,13 @@ impl Registry {
         let version = inner.next_id;
         inner.next_id += 1;
         statement.version.store(version, Ordering::Relaxed);
+        // A server refused the old plan, so the change in flight has
+        // committed: this version already has the new shape and must not be
+        // taken for stale when that change is counted.
+        let pending = self.schema_in_flight.load(Ordering::Acquire);
         statement
             .epoch
-            .store(self.schema_epoch(), Ordering::Release);
+            .store(self.schema_epoch() + pending, Ordering::Release);
         version
     }
 

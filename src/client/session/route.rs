@@ -452,7 +452,10 @@ impl Session {
     pub(super) fn note_schema_change(&mut self, shapes: bool) {
         // Counted once its transaction ends: a statement prepared while it
         // runs gets the old shape, and is known stale after the count.
-        self.route.ddl_seen |= shapes;
+        if shapes {
+            self.route.ddl_seen = true;
+            self.app.statements.schema_change_started();
+        }
         if self.route.enabled {
             self.route.schema_change = Some(SchemaChange::start(&self.pools.routing));
         }
