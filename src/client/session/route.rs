@@ -622,10 +622,22 @@ pub fn changes_result_shapes(sql: &[u8]) -> bool {
     if first.eq_ignore_ascii_case(b"ALTER") || first.eq_ignore_ascii_case(b"DROP") {
         return true;
     }
-    first.eq_ignore_ascii_case(b"CREATE")
-        && !crate::router::keywords(sql, 5)
+    if !first.eq_ignore_ascii_case(b"CREATE") {
+        return false;
+    }
+    // TEMP comes among the modifiers before the object's kind.
+    for w in crate::router::keywords(sql, 5).into_iter().skip(1) {
+        if w.eq_ignore_ascii_case(b"TEMP") || w.eq_ignore_ascii_case(b"TEMPORARY") {
+            return false;
+        }
+        let modifier = [&b"OR"[..], b"REPLACE", b"LOCAL", b"GLOBAL"]
             .iter()
-            .any(|w| w.eq_ignore_ascii_case(b"TEMP") || w.eq_ignore_ascii_case(b"TEMPORARY"))
+            .any(|m| w.eq_ignore_ascii_case(m));
+        if !modifier {
+            break;
+        }
+    }
+    true
 }
 
 /// The length of the complete message at `pos`, if it is all there.
