@@ -144,10 +144,7 @@ impl Registry {
         if statement.epoch.load(Ordering::Acquire) < epoch {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if statement.epoch.load(Ordering::Acquire) < epoch {
-                let version = inner.next_id;
-                inner.next_id += 1;
-                statement.version.store(version, Ordering::Relaxed);
-                statement.epoch.store(epoch, Ordering::Release);
+                inner.start_version(&statement, epoch);
             }
         }
         Bound {
@@ -217,17 +214,11 @@ impl Registry {
         if statement.version() != seen {
             return statement.version();
         }
-        let version = inner.next_id;
-        inner.next_id += 1;
-        statement.version.store(version, Ordering::Relaxed);
         // A server refused the old plan, so the change in flight has
         // committed: this version already has the new shape and must not be
         // taken for stale when that change is counted.
         let pending = self.schema_in_flight.load(Ordering::Acquire);
-        statement
-            .epoch
-            .store(self.schema_epoch() + pending, Ordering::Release);
-        version
+        inner.start_version(statement, self.schema_epoch() + pending)
     }
 
     /// A fresh id from the same counter as statement versions.
@@ -246,6 +237,15 @@ impl Registry {
 }
 
 impl Inner {
+    /// Gives `statement` a new version, begun in `epoch`; returns it.
+    fn start_version(&mut self, statement: &Statement, epoch: u64) -> u64 {
+        let version = self.next_id;
+        self.next_id += 1;
+        statement.version.store(version, Ordering::Relaxed);
+        statement.epoch.store(epoch, Ordering::Release);
+        version
+    }
+
     fn evict_unused(&mut self) {
         let mut freed = 0;
         self.by_key.retain(|_, s| {
