@@ -37,7 +37,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if cli.command.is_some() {
+        // `serve` sets logging up from its configuration.
+        sluice::logging::init(sluice::config::LogFormat::Text, "info");
+    }
     match cli.command {
         Some(Cmd::Check) => check(cli.config),
         Some(Cmd::Demo) => runtime(0).block_on(sluice::demo::run()),
@@ -69,7 +72,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             match sluice::config::Config::load(&path) {
-                Ok(cfg) => runtime(cfg.pooler.workers).block_on(serve(cfg)),
+                Ok(cfg) => {
+                    sluice::logging::init(cfg.pooler.log_format, &cfg.pooler.log_level);
+                    runtime(cfg.pooler.workers).block_on(serve(cfg, path))
+                }
                 Err(e) => {
                     eprintln!("sluice: {e}");
                     ExitCode::from(2)
@@ -77,15 +83,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
 }
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
@@ -117,34 +114,55 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(cfg: sluice::config::Config) -> ExitCode {
-    match sluice::start(cfg).await {
-        Ok((_app, addrs)) => {
-            for a in &addrs {
-                tracing::info!("listening on {a}");
-            }
-            wait_for_shutdown().await;
-            tracing::info!("shutting down");
-            ExitCode::SUCCESS
-        }
+async fn serve(cfg: sluice::config::Config, path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (app, addrs) = match sluice::start(cfg).await {
+        Ok(started) => started,
         Err(e) => {
             tracing::error!("cannot start: {e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+    };
+    app.set_config_path(path);
+    for a in &addrs {
+        tracing::info!("listening on {a}");
     }
-}
-
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::from(1);
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let drain = loop {
+        tokio::select! {
+            _ = term.recv() => break true,
+            _ = int.recv() => break true,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = app.reload().await;
+            }
+            drain = app.shutdown_requested() => {
+                tracing::info!("SHUTDOWN from the admin console");
+                break drain;
+            }
+        }
+    };
+    if !drain {
+        return ExitCode::SUCCESS;
     }
+    tracing::info!("shutting down: draining (a second signal exits at once)");
+    tokio::select! {
+        _ = app.drain() => {}
+        _ = term.recv() => {
+            tracing::warn!("second signal: exiting now");
+            return ExitCode::from(1);
+        }
+        _ = int.recv() => {
+            tracing::warn!("second signal: exiting now");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -30,6 +30,26 @@ pub struct LoggedIn {
     pub greeting: BytesMut,
 }
 
+/// A client of the admin console.
+pub struct AdminLogin {
+    pub user: String,
+    /// `stats_users` only: SHOW, nothing else.
+    pub read_only: bool,
+    pub rbuf: BytesMut,
+    pub greeting: BytesMut,
+}
+
+/// Where a login leads.
+pub enum Login {
+    Pooled(LoggedIn),
+    Admin(AdminLogin),
+}
+
+/// The virtual databases of the admin console.
+pub fn is_admin_database(app: &App, name: &str) -> bool {
+    (name == "pgbouncer" || name == "sluice") && !app.config().databases.contains_key(name)
+}
+
 /// How a login ended without a session.
 #[derive(Debug)]
 pub enum LoginEnd {
@@ -52,7 +72,7 @@ pub async fn login(
     app: &Arc<App>,
     stream: &mut TcpStream,
     admitted: bool,
-) -> Result<LoggedIn, LoginEnd> {
+) -> Result<Login, LoginEnd> {
     let (minor, params, protocol_options) = loop {
         match read_startup_packet(stream).await {
             Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
@@ -126,8 +146,9 @@ pub async fn login(
     }
 
     let mut rbuf = BytesMut::with_capacity(8192);
-    let creds = app.credentials.get(&user);
-    match authenticate(stream, &mut rbuf, &user, creds, app.config.auth.auth_type).await {
+    let cfg = app.config();
+    let creds = app.credentials(&user);
+    match authenticate(stream, &mut rbuf, &user, creds.as_ref(), cfg.auth.auth_type).await {
         Ok(_) => {}
         Err(AuthError::Failed(reason)) => {
             tracing::warn!(%user, %database, "login failed: {reason}");
@@ -141,7 +162,27 @@ pub async fn login(
     }
     messages::auth_ok(&mut out);
 
-    let Some(pools) = app.pools.get_or_create(&app.config, &database, &user) else {
+    if is_admin_database(app, &database) {
+        let full = cfg.pooler.admin_users.contains(&user);
+        if !full && !cfg.pooler.stats_users.contains(&user) {
+            stream.write_all(&out).await.ok();
+            let msg =
+                format!("permission denied: \"{user}\" is in neither admin_users nor stats_users");
+            return Err(refuse(stream, sqlstate::INSUFFICIENT_PRIVILEGE, &msg).await);
+        }
+        let app_name = get("application_name").unwrap_or_default();
+        for (name, value) in crate::admin::parameters(&app_name) {
+            messages::parameter_status(&mut out, name, &value);
+        }
+        return Ok(Login::Admin(AdminLogin {
+            user,
+            read_only: !full,
+            rbuf,
+            greeting: out,
+        }));
+    }
+
+    let Some(pools) = app.pools.get_or_create(&cfg, &database, &user) else {
         stream.write_all(&out).await.ok();
         let msg = format!("database \"{database}\" does not exist");
         return Err(refuse(stream, sqlstate::INVALID_CATALOG_NAME, &msg).await);
@@ -189,7 +230,7 @@ pub async fn login(
     for (name, value) in reported.iter() {
         messages::parameter_status(&mut out, name, value);
     }
-    Ok(LoggedIn {
+    Ok(Login::Pooled(LoggedIn {
         user,
         database,
         pools,
@@ -197,7 +238,7 @@ pub async fn login(
         reported,
         rbuf,
         greeting: out,
-    })
+    }))
 }
 
 /// Spellings PostgreSQL reports for the values clients most often send, so

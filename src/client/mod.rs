@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod login;
 pub mod prepared;
+pub mod registry;
 pub mod session;
 pub mod sql_prepared;
 
@@ -15,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::protocol::messages;
-use login::LoginEnd;
+use login::{Login, LoginEnd};
+use registry::ClientInfo;
 use session::{Exit, Session};
 
 /// Binds a listening socket; with `reuseport`, SO_REUSEPORT lets a new
@@ -49,32 +51,39 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 
 async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    if app.config.pooler.tcp_keepalive {
+    let cfg = app.config();
+    if cfg.pooler.tcp_keepalive {
         let ka = socket2::TcpKeepalive::new()
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(10));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
     }
     let slot = app.admit_client();
-    let timeout = app
-        .config
+    app.metrics.clients_connected.set(app.connections() as f64);
+    let timeout = cfg
         .pooler
         .client_login_timeout
         .enabled()
         .unwrap_or(Duration::MAX);
-    let logged_in = match tokio::time::timeout(
-        timeout,
-        login::login(&app, &mut stream, slot.is_some()),
-    )
-    .await
-    {
-        Ok(Ok(l)) => l,
+    let admitted = slot.is_some() && !app.is_draining();
+    let login = tokio::time::timeout(timeout, login::login(&app, &mut stream, admitted)).await;
+    let logged_in = match login {
+        Ok(Ok(Login::Pooled(l))) => l,
+        Ok(Ok(Login::Admin(a))) => {
+            app.metrics.logins_ok.increment(1);
+            crate::admin::serve(app.clone(), stream, peer, a).await;
+            drop(slot);
+            app.metrics.clients_connected.set(app.connections() as f64);
+            return;
+        }
         Ok(Err(LoginEnd::Cancel)) => return,
         Ok(Err(LoginEnd::Refused(reason))) => {
+            app.metrics.logins_refused.increment(1);
             tracing::info!(client = %peer, "login refused: {reason}");
             return;
         }
         Err(_) => {
+            app.metrics.logins_refused.increment(1);
             let mut out = BytesMut::new();
             messages::error(
                 &mut out,
@@ -87,6 +96,7 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    app.metrics.logins_ok.increment(1);
     let cancel = app.cancels.register();
     let mut greeting = logged_in.greeting.clone();
     messages::backend_key_data(&mut greeting, cancel.pid, cancel.secret());
@@ -96,13 +106,23 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         return;
     }
     let (user, database) = (logged_in.user.clone(), logged_in.database.clone());
-    if app.config.pooler.log_connections {
+    if cfg.pooler.log_connections {
         tracing::info!(client = %peer, %user, db = %database, "login");
     }
-    let exit = Session::new(app.clone(), stream, peer, logged_in, cancel)
+    let info = Arc::new(ClientInfo::new(
+        cancel.pid,
+        peer,
+        stream.local_addr().ok(),
+        &user,
+        &database,
+        logged_in.wanted.get("application_name").unwrap_or(""),
+    ));
+    app.clients.add(info.clone());
+    let exit = Session::new(app.clone(), stream, peer, logged_in, cancel, info.clone())
         .run()
         .await;
-    if app.config.pooler.log_disconnections {
+    app.clients.remove(info.id);
+    if app.config().pooler.log_disconnections {
         match exit {
             Exit::Quit => {
                 tracing::info!(client = %peer, %user, db = %database, "client closed the session")
@@ -116,4 +136,6 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         }
     }
     drop(slot);
+    app.metrics.clients_connected.set(app.connections() as f64);
+    app.session_ended();
 }

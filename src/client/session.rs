@@ -19,9 +19,12 @@ pub use route::PinCounts;
 
 use super::cancel::{CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
+use super::registry::ClientInfo;
 use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;
+use crate::metrics::stats::LocalStats;
+use crate::metrics::RouteReason;
 use crate::pool::{CheckoutError, PoolGroup, PooledServer, ServerPool};
 use crate::protocol::error_fields::ErrorFields;
 use crate::protocol::frames::{
@@ -99,6 +102,16 @@ pub struct Session {
     /// answered as the plan-change error the client would get from a server
     /// that did.
     stale_bind: bool,
+    /// What SHOW CLIENTS shows of this session.
+    info: Arc<ClientInfo>,
+    /// Counts since the last flush into the pool group's statistics.
+    stats: LocalStats,
+    /// When the request now on the server was sent.
+    query_start: Option<Instant>,
+    /// When the transaction now open started.
+    xact_start: Option<Instant>,
+    /// Wakes on pause, resume, kill, drain and reload.
+    control: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Retrying a batch once after "cached plan must not change result type".
@@ -135,10 +148,18 @@ impl Session {
         peer: SocketAddr,
         login: super::login::LoggedIn,
         cancel: Arc<CancelSlot>,
+        info: Arc<ClientInfo>,
     ) -> Session {
-        let max_packet = app.config.pooler.max_packet_size;
+        let cfg = app.config();
+        let max_packet = cfg.pooler.max_packet_size;
         let mode = login.pools.primary.mode;
-        let max_prepared = app.config.pooler.max_prepared_statements;
+        let max_prepared = cfg.pooler.max_prepared_statements;
+        login
+            .pools
+            .stats
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let control = app.watch_control();
         let map_statements = mode != PoolMode::Session && max_prepared > 0;
         // Mapped Binds are rewritten, so they are read whole.
         let streamable = if map_statements {
@@ -171,6 +192,11 @@ impl Session {
             to_client: BytesMut::new(),
             replay: Replay::default(),
             stale_bind: false,
+            info,
+            stats: LocalStats::default(),
+            query_start: None,
+            xact_start: None,
+            control,
         }
     }
 
@@ -182,6 +208,11 @@ impl Session {
                 None => {
                     if let Err(exit) = self.wait_for_request().await {
                         break exit;
+                    }
+                    if self.pools.is_retired() {
+                        if let Err(exit) = self.move_to_new_pools().await {
+                            break exit;
+                        }
                     }
                     if self.map_statements {
                         match self.answer_without_server().await {
@@ -226,20 +257,66 @@ impl Session {
             self.cleanup(s).await;
         }
         self.app.cancels.unregister(self.cancel.pid);
+        self.pools.stats.flush(&mut self.stats);
+        self.pools
+            .stats
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         exit
+    }
+
+    /// The pools were replaced by a reload: move to the new ones between
+    /// transactions; a database that was removed ends the session.
+    async fn move_to_new_pools(&mut self) -> Result<(), Exit> {
+        let cfg = self.app.config();
+        match self
+            .app
+            .pools
+            .get_or_create(&cfg, &self.database, &self.user)
+        {
+            Some(group) => {
+                self.pools.stats.flush(&mut self.stats);
+                self.route.rebind(&group, self.mode);
+                self.pool = group.primary.clone();
+                self.pools = group;
+                Ok(())
+            }
+            None => {
+                let msg = format!(
+                    "terminating connection: database \"{}\" was removed from the configuration",
+                    self.database
+                );
+                Err(self.close(sqlstate::ADMIN_SHUTDOWN, &msg).await)
+            }
+        }
+    }
+
+    /// Whether an operator's control ends this session now: KILL always;
+    /// a drain or a removed database only between transactions.
+    fn ended_by_control(&self, between_transactions: bool) -> Option<&'static str> {
+        if self.info.killed.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("terminating connection due to administrator command (KILL)");
+        }
+        if between_transactions && self.app.is_draining() {
+            return Some("terminating connection due to administrator command");
+        }
+        None
     }
 
     /// Waits until the client has sent the start of a request; handles
     /// Terminate and client_idle_timeout while no server is attached.
     async fn wait_for_request(&mut self) -> Result<(), Exit> {
-        let p = &self.app.config.pooler;
+        let p = self.app.config();
         let in_transaction = self.route.held_begin.is_some();
         let idle_limit = if in_transaction {
-            p.idle_transaction_timeout.enabled()
+            p.pooler.idle_transaction_timeout.enabled()
         } else {
-            p.client_idle_timeout.enabled()
+            p.pooler.client_idle_timeout.enabled()
         };
         loop {
+            if let Some(why) = self.ended_by_control(!in_transaction) {
+                return Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
+            }
             if self.rbuf.len() >= HEADER_LEN {
                 let tag = self.rbuf[0];
                 let total =
@@ -265,6 +342,7 @@ impl Session {
                         return Err(Exit::Gone);
                     }
                 }
+                _ = self.control.changed() => {}
                 _ = sleep_opt(deadline) => {
                     if in_transaction {
                         return Err(self.close(sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -317,6 +395,8 @@ impl Session {
                     }
                     let bound = self.app.statements.bind(stmt);
                     self.statements.insert(name, bound);
+                    self.stats.totals.client_parses += 1;
+                    self.stats.prepared_hits += 1;
                     put_empty_message(&mut self.to_client, btag::PARSE_COMPLETE);
                 }
                 tag::CLOSE => {
@@ -352,12 +432,33 @@ impl Session {
 
     /// Checks out a server and makes its session parameters the client's.
     async fn attach(&mut self, mut target: route::Target) -> Result<PooledServer, Exit> {
+        self.wait_while_paused().await?;
+        let waiting_since = Instant::now();
+        self.info.waiting();
+        let stats = self.pools.stats.clone();
+        stats
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let checkout = loop {
             let pool = match target {
                 route::Target::Primary => self.pools.primary.clone(),
                 route::Target::Replica(i) => self.pools.replicas[i].clone(),
             };
-            let result = pool.checkout().await;
+            let result = tokio::select! {
+                r = pool.checkout() => Some(r),
+                _ = wait_for_kill(&mut self.control, &self.info) => None,
+            };
+            let Some(result) = result else {
+                stats
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(self
+                    .close(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command (KILL)",
+                    )
+                    .await);
+            };
             self.pool = pool;
             match (result, target) {
                 (Err(e @ CheckoutError::Server(_)), route::Target::Replica(i))
@@ -368,11 +469,27 @@ impl Session {
                 (result, _) => break result,
             }
         };
+        stats
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let waited = waiting_since.elapsed();
+        stats.wait_hist.record(waited.as_secs_f64());
+        self.stats.totals.wait_time += waited.as_micros() as u64;
+        self.stats.totals.server_assignments += 1;
         self.route.target = target;
+        let replica = matches!(target, route::Target::Replica(_));
+        if replica && self.route.reason == RouteReason::NoReplica {
+            // Another replica took over after a connect failure.
+            self.route.reason = RouteReason::Read;
+        } else if !replica && matches!(self.route.reason, RouteReason::Read) {
+            self.route.reason = RouteReason::NoReplica;
+        }
+        self.pools.routes.count(replica, self.route.reason);
         tracing::trace!(client = %self.peer, ?target, server = %self.pool.addr, "attach");
         let mut srv = match checkout {
             Ok(s) => s,
             Err(e) => {
+                self.info.unlinked();
                 let (code, msg) = match &e {
                     CheckoutError::WaitTimeout => (
                         sqlstate::PROTOCOL_VIOLATION,
@@ -448,17 +565,57 @@ impl Session {
             pid: srv.pid,
             secret: srv.secret,
         });
+        self.info.linked(srv.id);
+        if let Some(i) = &srv.info {
+            i.link(self.cancel.pid);
+        }
         self.stage_begin(&mut srv);
         Ok(srv)
     }
 
+    /// Holds a new transaction while the database is paused (PAUSE, KILL).
+    async fn wait_while_paused(&mut self) -> Result<(), Exit> {
+        while self.app.is_paused(&self.database) {
+            if let Some(why) = self.ended_by_control(false) {
+                return Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
+            }
+            self.info.waiting();
+            tokio::select! {
+                _ = self.control.changed() => {}
+                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                    if !r {
+                        return Err(Exit::Gone);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn detach(&mut self, mut srv: PooledServer) {
         self.cancel.detach();
+        self.info.unlinked();
         self.on_release();
         if self.pool.reset_always && srv.is_clean() {
+            self.pool.resetting(&srv, true);
             self.reset(&mut srv).await;
+            self.pool.resetting(&srv, false);
         }
         self.pool.release(srv);
+        self.flush_stats();
+    }
+
+    /// Adds this session's counts to the pool group's, once per transaction.
+    fn flush_stats(&mut self) {
+        let m = &self.app.metrics;
+        let hits = std::mem::take(&mut self.stats.prepared_hits);
+        if hits > 0 {
+            m.prepared_hits.increment(hits);
+        }
+        if self.stats.totals.server_parses > 0 {
+            m.prepared_misses.increment(self.stats.totals.server_parses);
+        }
+        self.pools.stats.flush(&mut self.stats);
     }
 
     /// Runs the reset query; afterwards the server has its login parameters.
@@ -485,6 +642,12 @@ impl Session {
     /// unknown (a query still running, replies still owed).
     async fn cleanup(&mut self, mut srv: PooledServer) {
         self.cancel.detach();
+        self.info.unlinked();
+        self.flush_stats();
+        if self.info.killed.load(std::sync::atomic::Ordering::Acquire) {
+            self.pool.discard(srv);
+            return;
+        }
         if srv.broken || !srv.owed.is_empty() || !srv.rbuf.is_empty() {
             self.pool.discard(srv);
             return;
@@ -508,7 +671,9 @@ impl Session {
         // A pinned client left state on its server (temporary tables,
         // advisory locks, cursors): reset it like a session-mode server.
         if self.mode == PoolMode::Session || self.pool.reset_always || self.route.pinned.is_some() {
+            self.pool.resetting(&srv, true);
             self.reset(&mut srv).await;
+            self.pool.resetting(&srv, false);
         }
         self.pool.release(srv);
     }
@@ -516,9 +681,14 @@ impl Session {
     /// Shuttles frames between client and server until the server can be
     /// released or the session ends.
     async fn serve(&mut self, srv: &mut ServerConn) -> Served {
-        let idle_tx_limit = self.app.config.pooler.idle_transaction_timeout.enabled();
-        let idle_limit = self.app.config.pooler.client_idle_timeout.enabled();
+        let cfg = self.app.config();
+        let idle_tx_limit = cfg.pooler.idle_transaction_timeout.enabled();
+        let idle_limit = cfg.pooler.client_idle_timeout.enabled();
         loop {
+            let between = srv.owed.is_empty() && srv.tx_status == b'I' && self.rbuf.is_empty();
+            if let Some(why) = self.ended_by_control(between) {
+                return Served::Exit(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
+            }
             let holding_back = self.route.unit_only && self.route.unit_sent;
             if !self.rbuf.is_empty() && !holding_back {
                 if let Err(exit) = self.forward_client(srv).await {
@@ -565,6 +735,7 @@ impl Session {
                         return Served::Exit(Exit::Gone);
                     }
                 }
+                _ = self.control.changed() => {}
                 _ = sleep_opt(deadline) => {
                     let exit = if srv.tx_status == b'I' {
                         self.close(sqlstate::IDLE_SESSION_TIMEOUT,
@@ -594,6 +765,13 @@ impl Session {
             && self.replay.state != ReplayState::Replaying;
         self.replay.state = ReplayState::Off;
         self.replay.statements.clear();
+        if srv.owed.is_empty() {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            if srv.tx_status == b'I' {
+                self.xact_start = Some(now);
+            }
+        }
         let mut syncs = 0;
         let mut describes = 0;
         let mut last_tag = 0;
@@ -698,6 +876,7 @@ impl Session {
             }
         }
         self.send_to_server(srv, flushed, pos).await?;
+        self.stats.totals.received += pos as u64;
         // Only a batch that asks for a fresh row description is retried: a
         // client that decodes rows with a description it cached (asyncpg,
         // pgjdbc) must see PostgreSQL's error and re-prepare by itself.
@@ -755,8 +934,10 @@ impl Session {
                 self.statements.insert(name, bound.clone());
                 self.replay.statements.push(bound.version);
                 self.to_server.extend_from_slice(&self.rbuf[flushed..start]);
+                self.stats.totals.client_parses += 1;
                 match srv.prepared.lookup(bound.version, srv.owed.segment()) {
                     Held::Yes => {
+                        self.stats.prepared_hits += 1;
                         // Already there: answer without a round trip.
                         srv.prepared.touch(bound.version);
                         srv.owed.push(Reply::Synthetic(btag::PARSE_COMPLETE));
@@ -1057,6 +1238,7 @@ impl Session {
                     match tag {
                         btag::READY_FOR_QUERY => {
                             srv.tx_status = body.first().copied().unwrap_or(b'I');
+                            self.count_query(srv.tx_status);
                             if srv.tx_status == b'I' && std::mem::take(&mut self.route.ddl_seen) {
                                 // The schema change has committed (or rolled
                                 // back): count it before the client, or anyone
@@ -1067,6 +1249,7 @@ impl Session {
                         btag::PARAMETER_STATUS => self.track_parameter(srv, pos, len),
                         btag::ERROR_RESPONSE => {
                             let fields = ErrorFields::parse(body);
+                            self.app.metrics.count_error(&fields.code);
                             replace_error = self.stale_bind && fields.code == "26000";
                             self.stale_bind = false;
                             plan_changed = fields.code == "0A000"
@@ -1109,6 +1292,7 @@ impl Session {
                 }
             };
             if let Some(id) = handled.prepared {
+                self.stats.totals.server_parses += 1;
                 srv.prepared.confirm(id);
                 if let Some(stmt) = self.statements.find(id) {
                     stmt.mark_valid();
@@ -1261,8 +1445,30 @@ impl Session {
         from: usize,
         to: usize,
     ) -> Result<(), Exit> {
+        self.stats.totals.sent += (self.to_client.len() + to - from) as u64;
         let result = write_staged(&mut self.stream, &mut self.to_client, &srv.rbuf[from..to]).await;
         result.map_err(|_| Exit::Gone)
+    }
+
+    /// A ReadyForQuery from the server ends a query; with status idle, a
+    /// transaction too.
+    fn count_query(&mut self, tx_status: u8) {
+        let now = Instant::now();
+        let t = &mut self.stats.totals;
+        t.queries += 1;
+        if let Some(start) = self.query_start.take() {
+            let d = now - start;
+            t.query_time += d.as_micros() as u64;
+            self.pools.stats.query_hist.record(d.as_secs_f64());
+        }
+        if tx_status == b'I' {
+            t.xacts += 1;
+            if let Some(start) = self.xact_start.take() {
+                let d = now - start;
+                t.xact_time += d.as_micros() as u64;
+                self.pools.stats.xact_hist.record(d.as_secs_f64());
+            }
+        }
     }
 
     async fn server_lost(&mut self) -> Exit {
@@ -1278,6 +1484,7 @@ impl Session {
 
     /// Sends a FATAL error; the session ends.
     async fn close(&mut self, code: &str, message: &str) -> Exit {
+        self.app.metrics.count_error(code);
         self.out.clear();
         messages::error(&mut self.out, Severity::Fatal, code, message);
         let _ = self.stream.write_all(&self.out).await;
@@ -1455,6 +1662,19 @@ fn reserve_for_next(buf: &mut BytesMut, scanner: &FrameScanner) {
     let want = scanner.wanted(buf, 0);
     if want > buf.len() {
         buf.reserve(want - buf.len());
+    }
+}
+
+/// Resolves when the client is killed (KILL); other control changes are
+/// looked at by the caller later.
+async fn wait_for_kill(control: &mut tokio::sync::watch::Receiver<u64>, info: &ClientInfo) {
+    loop {
+        if info.killed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if control.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

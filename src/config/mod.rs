@@ -14,7 +14,7 @@ use std::path::Path;
 use values::{env_string, env_string_list, opt_env_string};
 pub use values::{expand_env, format_duration, parse_duration, Dur, OneOrMany};
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -61,7 +61,7 @@ pub enum AuthType {
     ScramSha256,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerConfig {
     #[serde(deserialize_with = "env_string_list")]
@@ -101,6 +101,9 @@ pub struct PoolerConfig {
     pub max_prepared_statement_memory: usize,
     /// How long a drain on SIGTERM waits for open transactions.
     pub shutdown_timeout: Dur,
+    /// How long a drain keeps accepting new clients after /ready turns 503,
+    /// so that load balancers stop sending them first.
+    pub shutdown_delay: Dur,
     pub tcp_keepalive: bool,
     /// Runtime worker threads; 0 uses one per CPU (or $TOKIO_WORKER_THREADS).
     /// One thread spends the least CPU per transaction; more use more cores.
@@ -110,6 +113,21 @@ pub struct PoolerConfig {
     pub so_reuseport: bool,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// `text` (readable) or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `sluice=debug,warn`; `SLUICE_LOG`
+    /// wins over it when set. Changes on reload.
+    pub log_level: String,
+    /// The period SHOW STATS averages over.
+    pub stats_period: Dur,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for PoolerConfig {
@@ -135,23 +153,27 @@ impl Default for PoolerConfig {
             max_prepared_statements: 200,
             max_prepared_statement_memory: 64 * 1024 * 1024,
             shutdown_timeout: Dur::secs(30),
+            shutdown_delay: Dur::ZERO,
             tcp_keepalive: true,
             workers: 0,
             so_reuseport: false,
             log_connections: true,
             log_disconnections: true,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            stats_period: Dur::secs(60),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     #[serde(rename = "type")]
     pub auth_type: AuthType,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     #[serde(deserialize_with = "env_string")]
@@ -244,7 +266,7 @@ impl Serialize for Dur {
 }
 
 /// Read/write routing.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     pub read_write_split: bool,
@@ -282,7 +304,7 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Plaintext, `md5<32 hex>` or `SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>`.
@@ -299,7 +321,7 @@ pub struct UserConfig {
     pub route: Option<Route>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     #[serde(deserialize_with = "env_string")]
@@ -429,6 +451,12 @@ impl Config {
                 "pooler.max_packet_size".into(),
                 "must be at least 1024".into(),
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&p.log_level) {
+            return Err(("pooler.log_level".into(), format!("not a log filter: {e}")));
+        }
+        if p.stats_period.0.is_zero() {
+            return Err(("pooler.stats_period".into(), "must be more than 0".into()));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err((

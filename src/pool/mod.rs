@@ -8,14 +8,20 @@
 //! before it drops the handle, and a maintenance task reaps idle connections
 //! and keeps `min_pool_size` warm.
 
+mod reload;
+
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::auth::Secret;
 use crate::config::{Config, PoolMode};
+use crate::metrics::stats::{GroupStats, StatsRegistry};
+use crate::metrics::{Metrics as Registry, RouteCounters};
 use crate::router::replicas::DbRouting;
+use crate::server::info::{self, ServerInfo};
 use crate::server::{ParamMap, ServerConn, ServerError, ServerTarget};
 
 pub type PooledServer = Object<ServerManager>;
@@ -28,6 +34,28 @@ pub struct ServerManager {
     idle_timeout: Option<Duration>,
     /// The parameters a fresh server reports, learned from the first one.
     defaults: Mutex<Option<ParamMap>>,
+    /// Connections being opened now.
+    connecting: AtomicUsize,
+    /// Bumped by RECONNECT: connections from an older epoch are closed as
+    /// soon as they are free.
+    epoch: AtomicU64,
+    /// Every connection this pool opened that still exists (SHOW SERVERS).
+    servers: Mutex<Vec<Weak<ServerInfo>>>,
+}
+
+/// Counts a connection attempt for as long as it runs.
+struct Connecting<'a>(&'a AtomicUsize);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ServerManager {
+    fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
 }
 
 impl managed::Manager for ServerManager {
@@ -35,8 +63,25 @@ impl managed::Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.target, self.keepalive).await?;
+        self.connecting.fetch_add(1, Ordering::Relaxed);
+        let counted = Connecting(&self.connecting);
+        let mut conn = ServerConn::connect(&self.target, self.keepalive).await?;
+        drop(counted);
         tracing::debug!(server = %conn.peer, pid = conn.pid, db = %self.target.dbname, "new server connection");
+        let local = conn.stream.local_addr().ok();
+        let info = Arc::new(ServerInfo::new(
+            conn.id,
+            conn.peer,
+            local,
+            conn.pid,
+            self.current_epoch(),
+        ));
+        {
+            let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+            servers.retain(|w| w.strong_count() > 0);
+            servers.push(Arc::downgrade(&info));
+        }
+        conn.info = Some(info);
         let mut d = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {
             *d = Some(conn.defaults.clone());
@@ -51,6 +96,13 @@ impl managed::Manager for ServerManager {
     ) -> RecycleResult<ServerError> {
         if conn.broken || !conn.is_clean() {
             return Err(RecycleError::message("connection is not clean"));
+        }
+        if conn
+            .info
+            .as_ref()
+            .is_some_and(|i| i.epoch < self.current_epoch())
+        {
+            return Err(RecycleError::message("closed by RECONNECT or reload"));
         }
         if let Some(max) = self.lifetime {
             if metrics.age() > max {
@@ -77,12 +129,58 @@ pub struct ServerPool {
     pub user: String,
     /// `host:port` of the server.
     pub addr: String,
+    /// `primary` or `replica`.
+    pub role: &'static str,
     pub mode: PoolMode,
     pub min_size: usize,
     pub reset_query: String,
     pub reset_always: bool,
     inner: managed::Pool<ServerManager>,
     timeouts: Timeouts,
+    /// Set on reload when a new pool replaces this one: connections close
+    /// when they come back.
+    retired: AtomicBool,
+    /// Connections being reset before they go back (sv_used).
+    resetting: AtomicUsize,
+    gauges: ServerGauges,
+}
+
+struct ServerGauges {
+    active: metrics::Gauge,
+    idle: metrics::Gauge,
+    used: metrics::Gauge,
+    connecting: metrics::Gauge,
+}
+
+impl ServerGauges {
+    fn new(m: &Registry, database: &str, user: &str, server: &str, role: &str) -> Self {
+        let l = [
+            ("database", database),
+            ("user", user),
+            ("server", server),
+            ("role", role),
+        ];
+        ServerGauges {
+            active: m.gauge("sluice_servers_active", &l),
+            idle: m.gauge("sluice_servers_idle", &l),
+            used: m.gauge("sluice_servers_used", &l),
+            connecting: m.gauge("sluice_servers_connecting", &l),
+        }
+    }
+}
+
+/// A pool's connection counts now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStatus {
+    pub max_size: usize,
+    /// Checked out (serving a client), including those being reset.
+    pub active: usize,
+    pub idle: usize,
+    /// Being reset before reuse.
+    pub used: usize,
+    pub connecting: usize,
+    /// Clients waiting for a connection of this pool.
+    pub waiting: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +196,14 @@ pub enum CheckoutError {
 }
 
 impl ServerPool {
-    pub fn build(cfg: &Config, database: &str, user: &str, addr: &str) -> Option<ServerPool> {
+    pub fn build(
+        cfg: &Config,
+        m: &Registry,
+        database: &str,
+        user: &str,
+        addr: &str,
+        role: &'static str,
+    ) -> Option<ServerPool> {
         let db = cfg.databases.get(database)?;
         let password = match &db.server_user {
             Some(_) => db
@@ -124,6 +229,9 @@ impl ServerPool {
             lifetime: p.server_lifetime.enabled(),
             idle_timeout: p.server_idle_timeout.enabled(),
             defaults: Mutex::new(None),
+            connecting: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            servers: Mutex::new(Vec::new()),
         };
         let timeouts = Timeouts {
             wait: p.query_wait_timeout.enabled(),
@@ -142,12 +250,16 @@ impl ServerPool {
             database: database.to_string(),
             user: user.to_string(),
             addr: addr.to_string(),
+            role,
             mode: cfg.pool_mode_for(database, user),
             min_size: cfg.min_pool_size_for(database),
             reset_query: p.server_reset_query.clone(),
             reset_always: p.server_reset_query_always,
             inner,
             timeouts,
+            retired: AtomicBool::new(false),
+            resetting: AtomicUsize::new(0),
+            gauges: ServerGauges::new(m, database, user, addr, role),
         })
     }
 
@@ -185,9 +297,104 @@ impl ServerPool {
             .clone()
     }
 
+    /// Counts, for SHOW POOLS and the metrics.
+    pub fn status(&self) -> PoolStatus {
+        let s = self.inner.status();
+        PoolStatus {
+            max_size: s.max_size,
+            active: s.size.saturating_sub(s.available),
+            idle: s.available,
+            used: self.resetting.load(Ordering::Relaxed),
+            connecting: self.inner.manager().connecting.load(Ordering::Relaxed),
+            waiting: s.waiting,
+        }
+    }
+
+    /// Copies the counts into the Prometheus gauges.
+    pub fn publish(&self) {
+        let s = self.status();
+        let g = &self.gauges;
+        g.active.set(s.active.saturating_sub(s.used) as f64);
+        g.idle.set(s.idle as f64);
+        g.used.set(s.used as f64);
+        g.connecting.set(s.connecting as f64);
+    }
+
+    /// Every connection this pool has open, idle or serving.
+    pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
+        let servers = self
+            .inner
+            .manager()
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        servers.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Marks a connection as being reset before its return (sv_used).
+    pub fn resetting(&self, srv: &ServerConn, on: bool) {
+        if on {
+            self.resetting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.resetting.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(i) = &srv.info {
+            i.set_state(if on { info::USED } else { info::ACTIVE });
+        }
+    }
+
+    /// Closes every connection as soon as it is free (RECONNECT): idle ones
+    /// now, the others when they come back.
+    pub fn reconnect(&self) {
+        self.inner.manager().epoch.fetch_add(1, Ordering::Relaxed);
+        self.close_idle();
+    }
+
+    /// Opened before the last RECONNECT or reload: closes once free.
+    pub fn is_stale(&self, server: &ServerInfo) -> bool {
+        self.retired.load(Ordering::Relaxed) || server.epoch < self.inner.manager().current_epoch()
+    }
+
+    /// Connections still open from before the last RECONNECT (WAIT_CLOSE).
+    pub fn old_connections(&self) -> usize {
+        let epoch = self.inner.manager().current_epoch();
+        self.servers().iter().filter(|s| s.epoch < epoch).count()
+    }
+
+    /// Closes the idle connections.
+    pub fn close_idle(&self) {
+        let removed = self.inner.retain(|_, _| false);
+        for conn in removed.removed {
+            tokio::spawn(conn.terminate());
+        }
+    }
+
+    /// A new pool replaces this one: close what is idle, and the rest when
+    /// it comes back.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.reconnect();
+        let g = &self.gauges;
+        for gauge in [&g.active, &g.idle, &g.used, &g.connecting] {
+            gauge.set(0.0);
+        }
+    }
+
     /// Returns a connection to the pool, or closes it when it is not clean.
     pub fn release(&self, mut server: PooledServer) {
-        if server.is_clean() {
+        if let Some(i) = &server.info {
+            i.set_state(info::IDLE);
+            i.set_prepared(server.prepared.len());
+        }
+        let stale = self.retired.load(Ordering::Relaxed)
+            || server
+                .info
+                .as_ref()
+                .is_some_and(|i| i.epoch < self.inner.manager().current_epoch());
+        if stale {
+            let conn = Object::take(server);
+            tokio::spawn(conn.terminate());
+        } else if server.is_clean() {
             server.returned_at = Instant::now();
             drop(server);
         } else {
@@ -244,28 +451,57 @@ impl ServerPool {
 
 /// The pools a (database, user) pair is served from.
 pub struct PoolGroup {
+    pub database: String,
+    pub user: String,
     pub primary: Arc<ServerPool>,
     /// In the order of `[databases.*] replicas`, like `routing.replicas`.
     pub replicas: Vec<Arc<ServerPool>>,
     pub routing: Arc<DbRouting>,
     /// `route = "primary"` for this user or database.
     pub primary_only: bool,
+    pub stats: Arc<GroupStats>,
+    pub routes: RouteCounters,
+    /// Replaced on reload (or its database removed): sessions move to the
+    /// new group before their next transaction.
+    retired: AtomicBool,
 }
 
 impl PoolGroup {
-    fn all(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ServerPool>> {
         std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for p in self.all() {
+            p.retire();
+        }
     }
 }
 
 /// All pools, created on first use, and each database's routing state.
-#[derive(Default)]
 pub struct Pools {
     map: Mutex<HashMap<(String, String), Arc<PoolGroup>>>,
-    routing: Mutex<HashMap<String, Arc<DbRouting>>>,
+    /// Each database's routing state, with the user its monitor logs in as.
+    routing: Mutex<HashMap<String, (Arc<DbRouting>, String)>>,
+    pub metrics: Arc<Registry>,
+    pub stats: StatsRegistry,
 }
 
 impl Pools {
+    pub fn new(metrics: Arc<Registry>) -> Pools {
+        Pools {
+            map: Mutex::default(),
+            routing: Mutex::default(),
+            metrics,
+            stats: StatsRegistry::default(),
+        }
+    }
+
     pub fn get_or_create(
         &self,
         cfg: &Arc<Config>,
@@ -278,37 +514,70 @@ impl Pools {
             return Some(p.clone());
         }
         let db = cfg.databases.get(database)?;
-        let primary = Arc::new(ServerPool::build(cfg, database, user, &db.primary)?);
+        let m = &self.metrics;
+        let primary = Arc::new(ServerPool::build(
+            cfg,
+            m,
+            database,
+            user,
+            &db.primary,
+            "primary",
+        )?);
         let replicas = db
             .replicas
             .iter()
-            .map(|addr| ServerPool::build(cfg, database, user, addr).map(Arc::new))
+            .map(|addr| ServerPool::build(cfg, m, database, user, addr, "replica").map(Arc::new))
             .collect::<Option<Vec<_>>>()?;
         let routing = {
             let mut routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
             routing
                 .entry(database.to_string())
-                .or_insert_with(|| DbRouting::start(cfg.clone(), database, primary.target()))
+                .or_insert_with(|| {
+                    let r = DbRouting::start(cfg.clone(), database, primary.target());
+                    (r, user.to_string())
+                })
+                .0
                 .clone()
         };
         let primary_only = cfg.route_for(database, user) == crate::config::Route::Primary;
+        let stats = self.stats.get(m, database, user);
+        stats.pool_size_g.set(primary.status().max_size as f64);
         let group = Arc::new(PoolGroup {
+            database: database.to_string(),
+            user: user.to_string(),
             primary,
             replicas,
             routing,
             primary_only,
+            stats,
+            routes: m.route_counters(database),
+            retired: AtomicBool::new(false),
         });
         map.insert(key, group.clone());
         Some(group)
     }
 
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
+        self.groups()
+            .iter()
             .flat_map(|g| g.all().cloned().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// Every (database, user)'s pools, sorted by database and user.
+    pub fn groups(&self) -> Vec<Arc<PoolGroup>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v
+    }
+
+    /// Each database's routing state, sorted by database.
+    pub fn all_routing(&self) -> Vec<(String, Arc<DbRouting>)> {
+        let map = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Each database's routing state.
@@ -317,7 +586,7 @@ impl Pools {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(database)
-            .cloned()
+            .map(|(r, _)| r.clone())
     }
 
     /// Runs pool maintenance every second until the process ends.

@@ -23,6 +23,10 @@ pub mod sqlstate {
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_OBJECT: &str = "42704";
 }
 
 /// Severity of an error the pooler reports.
@@ -48,6 +52,18 @@ pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) 
         (b'S', sev.clone()),
         (b'V', sev),
         (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ]);
+    encode(msg, buf);
+}
+
+/// Appends a NoticeResponse (severity NOTICE).
+pub fn notice(buf: &mut BytesMut, message: &str) {
+    use pgwire::messages::response::NoticeResponse;
+    let msg = NoticeResponse::new(vec![
+        (b'S', "NOTICE".to_string()),
+        (b'V', "NOTICE".to_string()),
+        (b'C', "00000".to_string()),
         (b'M', message.to_string()),
     ]);
     encode(msg, buf);
@@ -145,6 +161,42 @@ pub fn command_complete(buf: &mut BytesMut, command_tag: &str) {
 pub fn terminate(buf: &mut BytesMut) {
     buf.put_u8(b'X');
     buf.put_u32(4);
+}
+
+/// Type OIDs of the columns the admin console returns.
+pub mod oid {
+    pub const INT8: u32 = 20;
+    pub const TEXT: u32 = 25;
+    pub const NUMERIC: u32 = 1700;
+}
+
+/// Appends a RowDescription of text-format columns.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    use pgwire::messages::data::{FieldDescription, RowDescription};
+    let fields = columns
+        .iter()
+        .map(|(name, type_id)| {
+            let size = if *type_id == oid::INT8 { 8 } else { -1 };
+            FieldDescription::new(name.to_string(), 0, 0, *type_id, size, -1, 0)
+        })
+        .collect();
+    encode(RowDescription::new(fields), buf);
+}
+
+/// Appends a DataRow of text values (`None` is NULL).
+pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    use pgwire::messages::data::DataRow;
+    let mut data = BytesMut::new();
+    for v in values {
+        match v {
+            Some(v) => {
+                data.put_i32(v.len() as i32);
+                data.put_slice(v.as_bytes());
+            }
+            None => data.put_i32(-1),
+        }
+    }
+    encode(DataRow::new(data, values.len() as i16), buf);
 }
 
 fn encode<M: Message>(msg: M, buf: &mut BytesMut) {

@@ -35,6 +35,8 @@ pub struct DbRouting {
     /// When the last schema change finished: every client's reads then need
     /// a replica that has replayed it (read-your-writes for everyone).
     last_schema_change: Mutex<Option<Instant>>,
+    /// Lag, lag bytes and ban gauges per replica, registered at first scrape.
+    gauges: std::sync::OnceLock<Vec<[metrics::Gauge; 3]>>,
 }
 
 /// Held while a client's attachment runs a schema change (DDL); dropping it
@@ -168,12 +170,43 @@ impl DbRouting {
             stopped: AtomicBool::new(false),
             schema_changes: AtomicUsize::new(0),
             last_schema_change: Mutex::new(None),
+            gauges: std::sync::OnceLock::new(),
             config: config.clone(),
         });
         if state.routes() {
             super::monitor::spawn(&state, primary.clone());
         }
         state
+    }
+
+    /// Copies each replica's lag and ban state into the metrics.
+    pub fn publish(&self, m: &crate::metrics::Metrics) {
+        let gauges = self.gauges.get_or_init(|| {
+            self.replicas
+                .iter()
+                .map(|r| {
+                    let l = [
+                        ("database", self.database.as_str()),
+                        ("server", r.addr.as_str()),
+                    ];
+                    [
+                        m.gauge("sluice_replica_lag_seconds", &l),
+                        m.gauge("sluice_replica_lag_bytes", &l),
+                        m.gauge("sluice_replica_banned", &l),
+                    ]
+                })
+                .collect()
+        });
+        for (r, [secs, bytes, banned]) in self.replicas.iter().zip(gauges) {
+            secs.set(r.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+            bytes.set(r.lag_bytes.load(Ordering::Relaxed) as f64);
+            banned.set(if r.usable() { 0.0 } else { 1.0 });
+        }
+    }
+
+    /// The primary answered the monitor's last check (true until one ran).
+    pub fn primary_reachable(&self) -> bool {
+        self.primary_ok.load(Ordering::Acquire)
     }
 
     /// Reads may go to replicas at all.

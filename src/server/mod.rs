@@ -1,6 +1,7 @@
 //! One backend connection: connect, log in, learn its parameters and cancel
 //! key, and keep the queue of replies it still owes.
 
+pub mod info;
 pub mod owed;
 pub mod params;
 pub mod prepared;
@@ -113,6 +114,8 @@ pub struct ServerConn {
     logging_in: bool,
     /// Pooler-wide prepared statements this server holds.
     pub prepared: prepared::HeldStatements,
+    /// Shown by SHOW SERVERS; set by the pool that opened the connection.
+    pub info: Option<std::sync::Arc<info::ServerInfo>>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -158,6 +161,7 @@ impl ServerConn {
             broken: false,
             logging_in: true,
             prepared: prepared::HeldStatements::default(),
+            info: None,
         };
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::startup_message(

@@ -33,6 +33,15 @@ pub struct HeldStatements {
 }
 
 impl HeldStatements {
+    /// Statements held (or being prepared) now.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+
     pub fn lookup(&self, id: u64, segment: u64) -> Held {
         match self.used.get(&id) {
             Some((_, State::Confirmed)) => Held::Yes,

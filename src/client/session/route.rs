@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use super::{Exit, Session};
 use crate::config::{Consistency, PoolMode, ReplicaFallback};
+use crate::metrics::RouteReason;
 use crate::pool::PoolGroup;
 use crate::protocol::frames::HEADER_LEN;
 use crate::protocol::messages::{self, sqlstate, Severity};
@@ -93,6 +94,8 @@ pub struct RouteState {
     /// This attachment sent a schema change that may change result shapes
     /// (routing on or off).
     pub ddl_seen: bool,
+    /// Why the current unit goes where it goes (for the metrics).
+    pub reason: RouteReason,
 }
 
 impl RouteState {
@@ -115,7 +118,17 @@ impl RouteState {
             startup: wanted.clone(),
             schema_change: None,
             ddl_seen: false,
+            reason: RouteReason::Write,
         }
+    }
+
+    /// Follows the client to the pools a reload put in place of its own.
+    pub fn rebind(&mut self, pools: &PoolGroup, mode: PoolMode) {
+        self.enabled = mode != PoolMode::Session
+            && !pools.primary_only
+            && pools.routing.routes()
+            && self.pinned.is_none();
+        self.target = Target::Primary;
     }
 }
 
@@ -161,6 +174,11 @@ impl Session {
         }
         if !self.route.enabled {
             self.route.writes = true;
+            self.route.reason = if self.route.pinned.is_some() {
+                RouteReason::Pinned
+            } else {
+                RouteReason::RoutingOff
+            };
             return Ok(Some(Target::Primary));
         }
         let mut unit = self.inspect_unit();
@@ -181,14 +199,17 @@ impl Session {
         if let Some(reason) = unit.pin {
             self.pin(reason);
             self.route.writes = true;
+            self.route.reason = RouteReason::Pinned;
             return Ok(Some(Target::Primary));
         }
         let (true, Some(len)) = (unit.read, unit.len) else {
             // A unit not all here yet may still hold a write.
             self.route.writes = !(unit.settings_only && unit.len.is_some());
+            self.route.reason = RouteReason::Write;
             return Ok(Some(Target::Primary));
         };
         self.route.writes = false;
+        self.route.reason = RouteReason::Read;
         let exclude = self.retry_exclude();
         match self.choose_replica(exclude, unit.executes) {
             Ok(Target::Replica(i)) => {
@@ -231,12 +252,14 @@ impl Session {
         if unit.pin.is_some() || !read_only || held.serializable {
             // Serializable transactions cannot run on a standby.
             self.route.writes = true;
+            self.route.reason = RouteReason::Transaction;
             if let Some(reason) = unit.pin {
                 self.pin(reason);
             }
             return Ok(Some(Target::Primary));
         }
         self.route.writes = false;
+        self.route.reason = RouteReason::ReadOnlyTransaction;
         match self.choose_replica(None, true) {
             Ok(t) => Ok(Some(t)),
             Err(()) => {
@@ -327,7 +350,10 @@ impl Session {
                         self.route.last_write = None;
                     }
                     // The primary has not been sampled since the write.
-                    None => return Ok(Target::Primary),
+                    None => {
+                        self.route.reason = RouteReason::ReadYourWrites;
+                        return Ok(Target::Primary);
+                    }
                 }
             }
         }
@@ -335,6 +361,7 @@ impl Session {
         // statement prepared on a replica that lacks it would have the old
         // shape.
         let Some(schema_lsn) = routing.schema_lsn() else {
+            self.route.reason = RouteReason::ReadYourWrites;
             return Ok(Target::Primary);
         };
         let min_lsn = if ryw { self.route.min_lsn } else { 0 }.max(schema_lsn);
@@ -342,9 +369,15 @@ impl Session {
         let replicas = &self.pools.replicas;
         match routing.pick(min_lsn, exclude, advance, |i| replicas[i].in_use()) {
             Ok(i) => Ok(Target::Replica(i)),
-            Err(NoReplica::NotCaughtUp) => Ok(Target::Primary),
+            Err(NoReplica::NotCaughtUp) => {
+                self.route.reason = RouteReason::ReadYourWrites;
+                Ok(Target::Primary)
+            }
             Err(NoReplica::Unfit) => match routing.config.routing.replica_fallback {
-                ReplicaFallback::Primary => Ok(Target::Primary),
+                ReplicaFallback::Primary => {
+                    self.route.reason = RouteReason::NoReplica;
+                    Ok(Target::Primary)
+                }
                 ReplicaFallback::Error => Err(()),
             },
         }

@@ -1,0 +1,300 @@
+//! Per (database, user) statistics: the totals SHOW STATS reports and the
+//! Prometheus counters copy, kept across pool rebuilds on reload.
+//!
+//! A session counts into a `LocalStats` of its own and adds it here once per
+//! transaction, so the shared atomics are touched a few times per
+//! transaction, not per message.
+
+use metrics::{Counter, Gauge, Histogram};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Metrics;
+
+/// PgBouncer's SHOW STATS counters, in its order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub server_assignments: u64,
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    /// Microseconds.
+    pub xact_time: u64,
+    pub query_time: u64,
+    pub wait_time: u64,
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
+}
+
+impl Totals {
+    fn minus(&self, o: &Totals) -> Totals {
+        Totals {
+            server_assignments: self.server_assignments.saturating_sub(o.server_assignments),
+            xacts: self.xacts.saturating_sub(o.xacts),
+            queries: self.queries.saturating_sub(o.queries),
+            received: self.received.saturating_sub(o.received),
+            sent: self.sent.saturating_sub(o.sent),
+            xact_time: self.xact_time.saturating_sub(o.xact_time),
+            query_time: self.query_time.saturating_sub(o.query_time),
+            wait_time: self.wait_time.saturating_sub(o.wait_time),
+            client_parses: self.client_parses.saturating_sub(o.client_parses),
+            server_parses: self.server_parses.saturating_sub(o.server_parses),
+            binds: self.binds.saturating_sub(o.binds),
+        }
+    }
+
+    pub fn add(&mut self, o: &Totals) {
+        self.server_assignments += o.server_assignments;
+        self.xacts += o.xacts;
+        self.queries += o.queries;
+        self.received += o.received;
+        self.sent += o.sent;
+        self.xact_time += o.xact_time;
+        self.query_time += o.query_time;
+        self.wait_time += o.wait_time;
+        self.client_parses += o.client_parses;
+        self.server_parses += o.server_parses;
+        self.binds += o.binds;
+    }
+
+    /// PgBouncer's averages over a period: counts and bytes per second, times
+    /// per transaction, query and server assignment.
+    pub fn averages(&self, period: Duration) -> Totals {
+        let secs = period.as_secs_f64().max(0.001);
+        let per_sec = |v: u64| (v as f64 / secs).round() as u64;
+        let per = |t: u64, n: u64| t.checked_div(n).unwrap_or(0);
+        Totals {
+            server_assignments: per_sec(self.server_assignments),
+            xacts: per_sec(self.xacts),
+            queries: per_sec(self.queries),
+            received: per_sec(self.received),
+            sent: per_sec(self.sent),
+            xact_time: per(self.xact_time, self.xacts),
+            query_time: per(self.query_time, self.queries),
+            wait_time: per(self.wait_time, self.server_assignments),
+            client_parses: per_sec(self.client_parses),
+            server_parses: per_sec(self.server_parses),
+            binds: per_sec(self.binds),
+        }
+    }
+}
+
+/// What one session counted since it last flushed.
+#[derive(Debug, Default)]
+pub struct LocalStats {
+    pub totals: Totals,
+    /// Mapped Parses answered without sending one to a server.
+    pub prepared_hits: u64,
+}
+
+#[derive(Default)]
+struct AtomicTotals {
+    server_assignments: AtomicU64,
+    xacts: AtomicU64,
+    queries: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+    xact_time: AtomicU64,
+    query_time: AtomicU64,
+    wait_time: AtomicU64,
+    client_parses: AtomicU64,
+    server_parses: AtomicU64,
+    binds: AtomicU64,
+}
+
+pub struct GroupStats {
+    pub database: String,
+    pub user: String,
+    totals: AtomicTotals,
+    /// Logged-in clients of this (database, user), waiting or not.
+    pub clients: AtomicUsize,
+    /// Of them, waiting for a server connection now.
+    pub waiting: AtomicUsize,
+    pub wait_hist: Histogram,
+    pub query_hist: Histogram,
+    pub xact_hist: Histogram,
+    queries_c: Counter,
+    xacts_c: Counter,
+    received_c: Counter,
+    sent_c: Counter,
+    clients_active_g: Gauge,
+    clients_waiting_g: Gauge,
+    pub pool_size_g: Gauge,
+    /// Averages over the last full stats period.
+    averages: Mutex<(Totals, Totals, Instant, Duration)>,
+}
+
+impl GroupStats {
+    fn new(m: &Metrics, database: &str, user: &str) -> GroupStats {
+        let l = [("database", database), ("user", user)];
+        GroupStats {
+            database: database.to_string(),
+            user: user.to_string(),
+            totals: AtomicTotals::default(),
+            clients: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            wait_hist: m.histogram("sluice_client_wait_seconds", &l),
+            query_hist: m.histogram("sluice_query_duration_seconds", &l),
+            xact_hist: m.histogram("sluice_transaction_duration_seconds", &l),
+            queries_c: m.counter("sluice_queries_total", &l),
+            xacts_c: m.counter("sluice_transactions_total", &l),
+            received_c: m.counter("sluice_received_bytes_total", &l),
+            sent_c: m.counter("sluice_sent_bytes_total", &l),
+            clients_active_g: m.gauge("sluice_clients_active", &l),
+            clients_waiting_g: m.gauge("sluice_clients_waiting", &l),
+            pool_size_g: m.gauge("sluice_pool_size", &l),
+            averages: Mutex::new((
+                Totals::default(),
+                Totals::default(),
+                Instant::now(),
+                Duration::ZERO,
+            )),
+        }
+    }
+
+    /// Adds what a session counted and clears it.
+    pub fn flush(&self, local: &mut LocalStats) {
+        let t = std::mem::take(&mut local.totals);
+        let a = &self.totals;
+        let add = |c: &AtomicU64, v: u64| {
+            if v != 0 {
+                c.fetch_add(v, Relaxed);
+            }
+        };
+        add(&a.server_assignments, t.server_assignments);
+        add(&a.xacts, t.xacts);
+        add(&a.queries, t.queries);
+        add(&a.received, t.received);
+        add(&a.sent, t.sent);
+        add(&a.xact_time, t.xact_time);
+        add(&a.query_time, t.query_time);
+        add(&a.wait_time, t.wait_time);
+        add(&a.client_parses, t.client_parses);
+        add(&a.server_parses, t.server_parses);
+        add(&a.binds, t.binds);
+    }
+
+    pub fn totals(&self) -> Totals {
+        let a = &self.totals;
+        Totals {
+            server_assignments: a.server_assignments.load(Relaxed),
+            xacts: a.xacts.load(Relaxed),
+            queries: a.queries.load(Relaxed),
+            received: a.received.load(Relaxed),
+            sent: a.sent.load(Relaxed),
+            xact_time: a.xact_time.load(Relaxed),
+            query_time: a.query_time.load(Relaxed),
+            wait_time: a.wait_time.load(Relaxed),
+            client_parses: a.client_parses.load(Relaxed),
+            server_parses: a.server_parses.load(Relaxed),
+            binds: a.binds.load(Relaxed),
+        }
+    }
+
+    /// The difference over the last full period and its length.
+    pub fn last_period(&self) -> (Totals, Duration) {
+        let a = self.averages.lock().unwrap_or_else(|e| e.into_inner());
+        (a.1, a.3)
+    }
+
+    /// Closes a stats period: the averages become those since the last call.
+    pub fn roll_period(&self) {
+        let now = self.totals();
+        let mut a = self.averages.lock().unwrap_or_else(|e| e.into_inner());
+        a.1 = now.minus(&a.0);
+        a.0 = now;
+        a.3 = a.2.elapsed();
+        a.2 = Instant::now();
+    }
+
+    /// Copies the totals and client gauges into the Prometheus registry.
+    pub fn publish(&self) {
+        let t = self.totals();
+        self.queries_c.absolute(t.queries);
+        self.xacts_c.absolute(t.xacts);
+        self.received_c.absolute(t.received);
+        self.sent_c.absolute(t.sent);
+        let clients = self.clients.load(Relaxed);
+        let waiting = self.waiting.load(Relaxed);
+        self.clients_active_g
+            .set(clients.saturating_sub(waiting) as f64);
+        self.clients_waiting_g.set(waiting as f64);
+    }
+}
+
+/// Every (database, user)'s statistics, created on first use and kept.
+#[derive(Default)]
+pub struct StatsRegistry {
+    map: Mutex<HashMap<(String, String), Arc<GroupStats>>>,
+}
+
+impl StatsRegistry {
+    pub fn get(&self, m: &Metrics, database: &str, user: &str) -> Arc<GroupStats> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((database.to_string(), user.to_string()))
+            .or_insert_with(|| Arc::new(GroupStats::new(m, database, user)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<GroupStats>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_are_rates_and_times_per_unit() {
+        let t = Totals {
+            xacts: 100,
+            queries: 200,
+            xact_time: 5_000,
+            query_time: 4_000,
+            server_assignments: 10,
+            wait_time: 1_000,
+            received: 1000,
+            ..Totals::default()
+        };
+        let a = t.averages(Duration::from_secs(10));
+        assert_eq!(a.xacts, 10);
+        assert_eq!(a.queries, 20);
+        assert_eq!(a.received, 100);
+        assert_eq!(a.xact_time, 50);
+        assert_eq!(a.query_time, 20);
+        assert_eq!(a.wait_time, 100);
+        assert_eq!(Totals::default().averages(Duration::ZERO).xact_time, 0);
+    }
+
+    #[test]
+    fn flush_adds_and_clears() {
+        let m = Metrics::new();
+        let g = GroupStats::new(&m, "db", "u");
+        let mut l = LocalStats::default();
+        l.totals.xacts = 3;
+        l.totals.sent = 10;
+        g.flush(&mut l);
+        assert_eq!(l.totals, Totals::default());
+        g.flush(&mut LocalStats {
+            totals: Totals {
+                xacts: 1,
+                ..Totals::default()
+            },
+            prepared_hits: 0,
+        });
+        assert_eq!(g.totals().xacts, 4);
+        assert_eq!(g.totals().sent, 10);
+        g.publish();
+        assert!(m
+            .render()
+            .contains("sluice_transactions_total{database=\"db\",user=\"u\"} 4"));
+    }
+}
