@@ -38,6 +38,8 @@ pub struct App {
     pub clients: ClientRegistry,
     /// Connections counted against max_client_conn (logging in or in).
     connections: AtomicUsize,
+    /// Admin console sessions now.
+    pub admin_sessions: AtomicUsize,
     /// Where RELOAD and SIGHUP re-read the configuration from.
     config_path: Mutex<Option<PathBuf>>,
     /// Serialises reloads.
@@ -75,6 +77,7 @@ impl App {
             metrics,
             clients: ClientRegistry::default(),
             connections: AtomicUsize::new(0),
+            admin_sessions: AtomicUsize::new(0),
             config_path: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
             control: watch::channel(0).0,

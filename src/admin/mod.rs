@@ -7,6 +7,7 @@ pub mod table;
 
 use bytes::BytesMut;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -39,8 +40,8 @@ pub fn parameters(application_name: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Serves one console client until it leaves.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, login: AdminLogin) {
-    let mut out = login.greeting;
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, mut login: AdminLogin) {
+    let mut out = std::mem::take(&mut login.greeting);
     // Cancel keys of the console are never honoured; any values do.
     messages::backend_key_data(&mut out, 0, 0);
     messages::ready_for_query(&mut out, b'I');
@@ -48,11 +49,18 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, login
         return;
     }
     tracing::info!(client = %peer, user = %login.user, "admin console login");
+    app.admin_sessions.fetch_add(1, Ordering::Relaxed);
+    serve_commands(&app, &mut stream, login).await;
+    app.admin_sessions.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_commands(app: &Arc<App>, stream: &mut TcpStream, login: AdminLogin) {
+    let mut out = BytesMut::new();
     let mut rbuf = login.rbuf;
     // After an extended-protocol message: skip to Sync, as a server does.
     let mut skipping = false;
     loop {
-        let (t, body) = match read_message(&mut stream, &mut rbuf, MAX_QUERY).await {
+        let (t, body) = match read_message(stream, &mut rbuf, MAX_QUERY).await {
             Ok(m) => m,
             Err(ReadError::Frame(e)) => {
                 out.clear();
@@ -73,7 +81,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr, login
             tag::QUERY => {
                 let sql = body.strip_suffix(b"\0").unwrap_or(&body);
                 let sql = String::from_utf8_lossy(sql).into_owned();
-                let end = run(&app, &login.user, login.read_only, &sql, &mut out).await;
+                let end = run(app, &login.user, login.read_only, &sql, &mut out).await;
                 messages::ready_for_query(&mut out, b'I');
                 if stream.write_all(&out).await.is_err() {
                     return;

@@ -510,7 +510,7 @@ fn config(app: &App) -> Table {
 fn lists(app: &App) -> Table {
     let mut t = Table::new(&["list", "items:int"]);
     let cfg = app.config();
-    let logged_in = app.clients.len();
+    let logged_in = app.clients.len() + app.admin_sessions.load(Ordering::Relaxed);
     let servers: usize = app.pools.all().iter().map(|p| p.servers().len()).sum();
     let (statements, _) = app.statements.usage();
     let rows: [(&str, usize); 7] = [

@@ -50,6 +50,7 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                 async move { Ok::<_, Infallible>(respond(&app, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {

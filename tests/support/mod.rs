@@ -130,14 +130,25 @@ pub async fn pooler_with(pooler_extra: &str, tail: &str) -> SocketAddr {
 
 /// Starts a pooler with this config on the runtime that outlives the tests.
 pub async fn start_in_shared_runtime(cfg: sluice::config::Config) -> SocketAddr {
+    start_app(cfg).await.1
+}
+
+/// Starts a pooler on the shared runtime; returns its state and address. The
+/// HTTP endpoint gets a free port unless the config names one.
+pub async fn start_app(
+    mut cfg: sluice::config::Config,
+) -> (std::sync::Arc<sluice::app::App>, SocketAddr) {
+    if cfg.http.listen == sluice::config::Config::default().http.listen {
+        cfg.http.listen = "127.0.0.1:0".into();
+    }
     let s = shared();
-    let (_app, addrs) = s
+    let (app, addrs) = s
         .runtime
         .spawn(async move { sluice::start(cfg).await })
         .await
         .expect("pooler task")
         .expect("pooler starts");
-    addrs[0]
+    (app, addrs[0])
 }
 
 pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> String {
