@@ -237,6 +237,13 @@ impl Cluster {
         run(c, "pg_ctl stop").map(|_| ())
     }
 
+    /// Stops a server this cluster did not start (by its data directory).
+    pub fn pg_ctl_stop_dir(&self, data: &Path) -> Result<()> {
+        let mut c = pg_command(&self.bin, "pg_ctl");
+        c.args(["-w", "-D"]).arg(data).args(["-m", "fast", "stop"]);
+        run(c, "pg_ctl stop").map(|_| ())
+    }
+
     /// Runs SQL with psql as `user` against a port, statement by statement
     /// (so CREATE DATABASE works); returns psql's output.
     pub fn psql(&self, port: u16, user: &str, sql: &str) -> Result<String> {

@@ -628,7 +628,7 @@ async fn reload_under_load_changes_pools_replicas_and_passwords_without_errors()
         load.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     client
                         .execute(
                             "INSERT INTO items (note) VALUES ($1)",
