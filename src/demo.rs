@@ -32,7 +32,7 @@ pub async fn run() -> ExitCode {
         .map(|r| format!("\"127.0.0.1:{}\"", r.port))
         .collect();
     let toml = format!(
-        "[pooler]\nlisten = \"127.0.0.1:6432\"\npool_mode = \"transaction\"\ndefault_pool_size = 10\n\n\
+        "[pooler]\nlisten = \"127.0.0.1:6432\"\npool_mode = \"transaction\"\ndefault_pool_size = 10\nadmin_users = [\"app\"]\n\n\
          [users.app]\npassword = \"app\"\n\n\
          [databases.app]\nprimary = \"127.0.0.1:{}\"\nreplicas = [{}]\n",
         cluster.primary.port,
@@ -57,6 +57,11 @@ pub async fn run() -> ExitCode {
             println!("  DATABASE_URL=postgres://app:app@127.0.0.1:6432/app");
             println!("  psql postgres://app:app@127.0.0.1:6432/app");
             println!("  pgbench -i postgres://app:app@127.0.0.1:6432/app && pgbench -c 20 -T 10 postgres://app:app@127.0.0.1:6432/app");
+            println!();
+            println!("  Admin console:  psql postgres://app:app@127.0.0.1:6432/pgbouncer -c 'SHOW POOLS'");
+            println!(
+                "  Metrics:        curl http://127.0.0.1:9930/metrics   (also /health, /ready)"
+            );
             println!();
             println!("  See where statements run: SELECT inet_server_port(), pg_is_in_recovery();");
             println!("  (reads alternate between the replicas; writes, and your reads right after them, use the primary)");

@@ -229,7 +229,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
         rows.iter()
             .find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r)
-                    if r.get(0) == Some("pooler.default_pool_size") =>
+                    if r.get(0) == Some("default_pool_size") =>
                 {
                     r.get(1).map(str::to_string)
                 }

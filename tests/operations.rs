@@ -257,7 +257,7 @@ async fn show_commands_return_pgbouncer_columns_and_live_state() {
     let (_, config) = show(&console, "CONFIG").await;
     let size = config
         .iter()
-        .find(|r| text(r, "key") == "pooler.default_pool_size")
+        .find(|r| text(r, "key") == "default_pool_size")
         .unwrap();
     assert_eq!(text(size, "value"), "2");
     assert_eq!(text(size, "default"), "20");
@@ -746,7 +746,7 @@ async fn reload_under_load_changes_pools_replicas_and_passwords_without_errors()
     let (_, config) = show(&r.console, "CONFIG").await;
     let size = config
         .iter()
-        .find(|row| text(row, "key") == "pooler.default_pool_size")
+        .find(|row| text(row, "key") == "default_pool_size")
         .unwrap();
     assert_eq!(text(size, "value"), "2");
 

@@ -459,11 +459,11 @@ fn users(app: &App) -> Table {
 
 /// Settings that a reload does not change (they need a restart).
 pub const RESTART_ONLY: &[&str] = &[
-    "pooler.listen",
-    "pooler.workers",
-    "pooler.log_format",
-    "pooler.so_reuseport",
-    "pooler.max_prepared_statement_memory",
+    "listen",
+    "workers",
+    "log_format",
+    "so_reuseport",
+    "max_prepared_statement_memory",
     "routing.classify_cache_memory",
     "http.listen",
     "http.enabled",
@@ -481,7 +481,14 @@ fn flatten(cfg: &Config) -> BTreeMap<String, String> {
                     toml::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                out.insert(format!("{section}.{k}"), text);
+                // [pooler] keys are PgBouncer's names: its exporters read
+                // them bare (max_client_conn, default_pool_size, ...).
+                let key = if section == "pooler" {
+                    k.clone()
+                } else {
+                    format!("{section}.{k}")
+                };
+                out.insert(key, text);
             }
         }
     }
