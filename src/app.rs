@@ -44,11 +44,14 @@ pub struct App {
     config_path: Mutex<Option<PathBuf>>,
     /// Serialises reloads.
     reload_lock: tokio::sync::Mutex<()>,
-    /// Bumped whenever sessions must look at the controls (pause, resume,
-    /// kill, drain, reload): every session waits on it.
+    /// Bumped whenever a control changes (pause, resume, kill, drain,
+    /// reload) or, while draining, a session ends; each session is woken
+    /// through its own `ClientInfo::wake` at the same time.
     control: watch::Sender<u64>,
     paused_all: AtomicBool,
     paused: Mutex<HashSet<String>>,
+    /// Some database is paused: only then is `paused` looked at.
+    any_db_paused: AtomicBool,
     draining: AtomicBool,
     /// Admin SHUTDOWN asks the binary to stop; `Some(true)`: drain first.
     shutdown: watch::Sender<Option<bool>>,
@@ -83,6 +86,7 @@ impl App {
             control: watch::channel(0).0,
             paused_all: AtomicBool::new(false),
             paused: Mutex::new(HashSet::new()),
+            any_db_paused: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown: watch::channel(None).0,
             listeners: Mutex::new(Vec::new()),
@@ -93,6 +97,12 @@ impl App {
     /// The configuration now in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The configuration now in force, for a short look on the hot path:
+    /// no shared reference count is touched. Not to be held across awaits.
+    pub fn config_ref(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
     }
 
     pub fn credentials(&self, user: &str) -> Option<Credentials> {
@@ -111,7 +121,7 @@ impl App {
 
     /// Counts a new connection; `None` when max_client_conn is reached.
     pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
-        let max = self.config.load().pooler.max_client_conn;
+        let max = self.config_ref().pooler.max_client_conn;
         let prev = self.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -141,15 +151,19 @@ impl App {
 
     fn poke(&self) {
         self.control.send_modify(|n| *n = n.wrapping_add(1));
+        for c in self.clients.all() {
+            c.wake.notify_one();
+        }
     }
 
     pub fn is_paused(&self, database: &str) -> bool {
         self.paused_all.load(Ordering::Acquire)
-            || self
-                .paused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(database)
+            || (self.any_db_paused.load(Ordering::Acquire)
+                && self
+                    .paused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(database))
     }
 
     pub fn any_paused(&self) -> bool {
@@ -170,6 +184,7 @@ impl App {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(db.to_string());
+                self.any_db_paused.store(true, Ordering::Release);
             }
         }
         self.poke();
@@ -187,6 +202,8 @@ impl App {
                 paused.remove(db);
             }
         }
+        self.any_db_paused
+            .store(!paused.is_empty(), Ordering::Release);
         drop(paused);
         self.poke();
     }
@@ -278,7 +295,7 @@ impl App {
     /// Sessions call this when they end, so that a drain sees it at once.
     pub fn session_ended(&self) {
         if self.is_draining() {
-            self.poke();
+            self.control.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 

@@ -97,7 +97,7 @@ fn pools(app: &App) -> Table {
     let now = now_ms();
     for g in app.pools.groups() {
         let all = g.stats.clients.load(Ordering::Relaxed);
-        let waiting = g.stats.waiting.load(Ordering::Relaxed);
+        let waiting = g.stats.waiting();
         let replica_status: Vec<_> = g.replicas.iter().map(|p| p.status()).collect();
         let on_replicas: usize = replica_status.iter().map(|s| s.active).sum();
         let waiting_on_replicas: usize = replica_status.iter().map(|s| s.waiting).sum();

@@ -35,6 +35,11 @@ pub struct ClientInfo {
     pub prepared: AtomicUsize,
     /// Set by KILL: the session ends at once.
     pub killed: AtomicBool,
+    /// Woken when the session must look at the operator's controls (pause,
+    /// kill, drain, reload). One per session, so waiting on it costs an
+    /// uncontended lock, where a shared channel would be a lock every
+    /// session takes on every request.
+    pub wake: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -60,6 +65,7 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         }
     }
 

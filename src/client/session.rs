@@ -23,7 +23,7 @@ use super::registry::ClientInfo;
 use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;
-use crate::metrics::stats::LocalStats;
+use crate::metrics::stats::{self, LocalStats};
 use crate::metrics::RouteReason;
 use crate::pool::{CheckoutError, PoolGroup, PooledServer, ServerPool};
 use crate::protocol::error_fields::ErrorFields;
@@ -110,8 +110,6 @@ pub struct Session {
     query_start: Option<Instant>,
     /// When the transaction now open started.
     xact_start: Option<Instant>,
-    /// Wakes on pause, resume, kill, drain and reload.
-    control: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Retrying a batch once after "cached plan must not change result type".
@@ -159,7 +157,6 @@ impl Session {
             .stats
             .clients
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let control = app.watch_control();
         let map_statements = mode != PoolMode::Session && max_prepared > 0;
         // Mapped Binds are rewritten, so they are read whole.
         let streamable = if map_statements {
@@ -196,7 +193,6 @@ impl Session {
             stats: LocalStats::default(),
             query_start: None,
             xact_start: None,
-            control,
         }
     }
 
@@ -306,13 +302,19 @@ impl Session {
     /// Waits until the client has sent the start of a request; handles
     /// Terminate and client_idle_timeout while no server is attached.
     async fn wait_for_request(&mut self) -> Result<(), Exit> {
-        let p = self.app.config();
         let in_transaction = self.route.held_begin.is_some();
-        let idle_limit = if in_transaction {
-            p.pooler.idle_transaction_timeout.enabled()
-        } else {
-            p.pooler.client_idle_timeout.enabled()
+        let idle_limit = {
+            let p = &self.app.config_ref().pooler;
+            if in_transaction {
+                p.idle_transaction_timeout.enabled()
+            } else {
+                p.client_idle_timeout.enabled()
+            }
         };
+        // Registered once for the whole wait, not once per read.
+        let info = self.info.clone();
+        let wake = info.wake.notified();
+        tokio::pin!(wake);
         loop {
             if let Some(why) = self.ended_by_control(!in_transaction) {
                 return Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
@@ -342,7 +344,7 @@ impl Session {
                         return Err(Exit::Gone);
                     }
                 }
-                _ = self.control.changed() => {}
+                _ = &mut wake => wake.set(info.wake.notified()),
                 _ = sleep_opt(deadline) => {
                     if in_transaction {
                         return Err(self.close(sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -435,30 +437,15 @@ impl Session {
         self.wait_while_paused().await?;
         let waiting_since = Instant::now();
         self.info.waiting();
-        let stats = self.pools.stats.clone();
-        stats
-            .waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_waiting(true);
         let checkout = loop {
             let pool = match target {
                 route::Target::Primary => self.pools.primary.clone(),
                 route::Target::Replica(i) => self.pools.replicas[i].clone(),
             };
-            let result = tokio::select! {
-                r = pool.checkout() => Some(r),
-                _ = wait_for_kill(&mut self.control, &self.info) => None,
-            };
-            let Some(result) = result else {
-                stats
-                    .waiting
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(self
-                    .close(
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command (KILL)",
-                    )
-                    .await);
-            };
+            // A client killed while it waits ends once it has a server (KILL
+            // frees the database's servers): serve() looks first.
+            let result = pool.checkout().await;
             self.pool = pool;
             match (result, target) {
                 (Err(e @ CheckoutError::Server(_)), route::Target::Replica(i))
@@ -469,11 +456,9 @@ impl Session {
                 (result, _) => break result,
             }
         };
-        stats
-            .waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_waiting(false);
         let waited = waiting_since.elapsed();
-        stats.wait_hist.record(waited.as_secs_f64());
+        self.stats.observe(stats::WAIT, waited);
         self.stats.totals.wait_time += waited.as_micros() as u64;
         self.stats.totals.server_assignments += 1;
         self.route.target = target;
@@ -484,7 +469,7 @@ impl Session {
         } else if !replica && matches!(self.route.reason, RouteReason::Read) {
             self.route.reason = RouteReason::NoReplica;
         }
-        self.pools.routes.count(replica, self.route.reason);
+        self.stats.route(replica, self.route.reason);
         tracing::trace!(client = %self.peer, ?target, server = %self.pool.addr, "attach");
         let mut srv = match checkout {
             Ok(s) => s,
@@ -573,23 +558,46 @@ impl Session {
         Ok(srv)
     }
 
-    /// Holds a new transaction while the database is paused (PAUSE, KILL).
+    /// Counts this client in its pools' waiting clients, or stops counting it.
+    fn count_waiting(&self, waiting: bool) {
+        self.pools.stats.set_waiting(waiting);
+    }
+
+    /// Holds a new transaction while the database is paused (PAUSE, KILL);
+    /// the client counts as waiting meanwhile.
     async fn wait_while_paused(&mut self) -> Result<(), Exit> {
-        while self.app.is_paused(&self.database) {
-            if let Some(why) = self.ended_by_control(false) {
-                return Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
+        if !self.app.is_paused(&self.database) {
+            return Ok(());
+        }
+        self.info.waiting();
+        self.count_waiting(true);
+        let result = loop {
+            if !self.app.is_paused(&self.database) {
+                break Ok(());
             }
-            self.info.waiting();
+            if self.ended_by_control(false).is_some() {
+                break Err(None);
+            }
             tokio::select! {
-                _ = self.control.changed() => {}
+                _ = self.info.wake.notified() => {}
                 r = read_more(&mut self.stream, &mut self.rbuf) => {
                     if !r {
-                        return Err(Exit::Gone);
+                        break Err(Some(Exit::Gone));
                     }
                 }
             }
+        };
+        self.count_waiting(false);
+        match result {
+            Ok(()) => Ok(()),
+            Err(Some(exit)) => Err(exit),
+            Err(None) => {
+                let why = self
+                    .ended_by_control(false)
+                    .unwrap_or("terminating connection");
+                Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await)
+            }
         }
-        Ok(())
     }
 
     async fn detach(&mut self, mut srv: PooledServer) {
@@ -681,9 +689,16 @@ impl Session {
     /// Shuttles frames between client and server until the server can be
     /// released or the session ends.
     async fn serve(&mut self, srv: &mut ServerConn) -> Served {
-        let cfg = self.app.config();
-        let idle_tx_limit = cfg.pooler.idle_transaction_timeout.enabled();
-        let idle_limit = cfg.pooler.client_idle_timeout.enabled();
+        let (idle_tx_limit, idle_limit) = {
+            let p = &self.app.config_ref().pooler;
+            (
+                p.idle_transaction_timeout.enabled(),
+                p.client_idle_timeout.enabled(),
+            )
+        };
+        let info = self.info.clone();
+        let wake = info.wake.notified();
+        tokio::pin!(wake);
         loop {
             let between = srv.owed.is_empty() && srv.tx_status == b'I' && self.rbuf.is_empty();
             if let Some(why) = self.ended_by_control(between) {
@@ -735,7 +750,7 @@ impl Session {
                         return Served::Exit(Exit::Gone);
                     }
                 }
-                _ = self.control.changed() => {}
+                _ = &mut wake => wake.set(info.wake.notified()),
                 _ = sleep_opt(deadline) => {
                     let exit = if srv.tx_status == b'I' {
                         self.close(sqlstate::IDLE_SESSION_TIMEOUT,
@@ -1454,19 +1469,18 @@ impl Session {
     /// transaction too.
     fn count_query(&mut self, tx_status: u8) {
         let now = Instant::now();
-        let t = &mut self.stats.totals;
-        t.queries += 1;
+        self.stats.totals.queries += 1;
         if let Some(start) = self.query_start.take() {
             let d = now - start;
-            t.query_time += d.as_micros() as u64;
-            self.pools.stats.query_hist.record(d.as_secs_f64());
+            self.stats.totals.query_time += d.as_micros() as u64;
+            self.stats.observe(stats::QUERY, d);
         }
         if tx_status == b'I' {
-            t.xacts += 1;
+            self.stats.totals.xacts += 1;
             if let Some(start) = self.xact_start.take() {
                 let d = now - start;
-                t.xact_time += d.as_micros() as u64;
-                self.pools.stats.xact_hist.record(d.as_secs_f64());
+                self.stats.totals.xact_time += d.as_micros() as u64;
+                self.stats.observe(stats::XACT, d);
             }
         }
     }
@@ -1662,19 +1676,6 @@ fn reserve_for_next(buf: &mut BytesMut, scanner: &FrameScanner) {
     let want = scanner.wanted(buf, 0);
     if want > buf.len() {
         buf.reserve(want - buf.len());
-    }
-}
-
-/// Resolves when the client is killed (KILL); other control changes are
-/// looked at by the caller later.
-async fn wait_for_kill(control: &mut tokio::sync::watch::Receiver<u64>, info: &ClientInfo) {
-    loop {
-        if info.killed.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
-        if control.changed().await.is_err() {
-            return std::future::pending().await;
-        }
     }
 }
 

@@ -98,10 +98,28 @@ fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Copies the live figures into the registry, then renders it.
 pub fn render_metrics(app: &App) -> String {
-    for s in app.pools.stats.all() {
+    let stats = app.pools.stats.all();
+    for s in &stats {
         s.publish();
     }
-    for g in app.pools.groups() {
+    // Routing counters are per database: sum its users'.
+    let mut routes: std::collections::BTreeMap<&str, [[u64; 8]; 2]> = Default::default();
+    for s in &stats {
+        let r = s.routes();
+        let sum = routes.entry(&s.database).or_default();
+        for (row, add) in sum.iter_mut().zip(r) {
+            for (n, a) in row.iter_mut().zip(add) {
+                *n += a;
+            }
+        }
+    }
+    let groups = app.pools.groups();
+    for (db, totals) in &routes {
+        if let Some(g) = groups.iter().find(|g| g.database == *db) {
+            g.routes.publish(totals);
+        }
+    }
+    for g in groups {
         g.stats.pool_size_g.set(g.primary.status().max_size as f64);
         for p in g.all() {
             p.publish();
@@ -115,5 +133,7 @@ pub fn render_metrics(app: &App) -> String {
         app.metrics.set_paused(db, app.is_paused(db));
     }
     app.metrics.clients_connected.set(app.connections() as f64);
-    app.metrics.render()
+    let mut text = app.metrics.render();
+    text.push_str(&crate::metrics::stats::render_histograms(&stats));
+    text
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use crate::router::classify::PinReason;
 
 /// Histogram buckets, in seconds: from a loopback round trip to a stuck pool.
-const BUCKETS: &[f64] = &[
+pub(crate) const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
@@ -70,10 +70,6 @@ impl RouteReason {
             RouteReason::NoReplica => "no_replica",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
 fn pin_label(reason: PinReason) -> &'static str {
@@ -98,8 +94,13 @@ pub struct RouteCounters {
 }
 
 impl RouteCounters {
-    pub fn count(&self, replica: bool, reason: RouteReason) {
-        self.counters[replica as usize][reason.index()].increment(1);
+    /// Sets the counters to a database's totals, `[replica?][reason]`.
+    pub fn publish(&self, totals: &[[u64; 8]; 2]) {
+        for (row, counts) in self.counters.iter().zip(totals) {
+            for (c, n) in row.iter().zip(counts) {
+                c.absolute(*n);
+            }
+        }
     }
 }
 

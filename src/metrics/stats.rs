@@ -5,9 +5,9 @@
 //! transaction, so the shared atomics are touched a few times per
 //! transaction, not per message.
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,12 +83,62 @@ impl Totals {
     }
 }
 
+/// Histograms kept per (database, user): client wait, query and
+/// transaction duration.
+pub const WAIT: usize = 0;
+pub const QUERY: usize = 1;
+pub const XACT: usize = 2;
+const HISTOGRAMS: [(&str, &str); 3] = [
+    (
+        "sluice_client_wait_seconds",
+        "Time clients waited for a server",
+    ),
+    ("sluice_query_duration_seconds", "Query time on the server"),
+    ("sluice_transaction_duration_seconds", "Transaction time"),
+];
+/// Buckets plus the overflow (+Inf) one.
+const SLOTS: usize = super::BUCKETS.len() + 1;
+
+/// The slot of a duration in microseconds.
+fn slot(us: u64) -> usize {
+    let secs = us as f64 / 1_000_000.0;
+    super::BUCKETS
+        .iter()
+        .position(|b| secs <= *b)
+        .unwrap_or(super::BUCKETS.len())
+}
+
+/// One histogram's observations since the last flush.
+#[derive(Debug, Default, Clone, Copy)]
+struct LocalHistogram {
+    slots: [u32; SLOTS],
+    sum_us: u64,
+    count: u32,
+}
+
 /// What one session counted since it last flushed.
 #[derive(Debug, Default)]
 pub struct LocalStats {
     pub totals: Totals,
     /// Mapped Parses answered without sending one to a server.
     pub prepared_hits: u64,
+    /// Routing decisions, `[replica?][reason]`.
+    routes: [[u32; 8]; 2],
+    histograms: [LocalHistogram; 3],
+}
+
+impl LocalStats {
+    pub fn observe(&mut self, histogram: usize, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let h = &mut self.histograms[histogram];
+        h.slots[slot(us)] += 1;
+        h.sum_us += us;
+        h.count += 1;
+    }
+
+    pub fn route(&mut self, replica: bool, reason: super::RouteReason) {
+        self.routes[replica as usize][reason as usize] += 1;
+    }
 }
 
 #[derive(Default)]
@@ -106,17 +156,42 @@ struct AtomicTotals {
     binds: AtomicU64,
 }
 
+#[derive(Default)]
+struct AtomicHistogram {
+    slots: [AtomicU64; SLOTS],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+/// One worker thread's share of a group's counters. Each thread adds only
+/// to its own shard, so the shared counters are not a cache line that
+/// every core fights over on every transaction; readers sum the shards.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    totals: AtomicTotals,
+    waiting: AtomicI64,
+    routes: [[AtomicU64; 8]; 2],
+    histograms: [AtomicHistogram; 3],
+}
+
+const SHARDS: usize = 8;
+
+/// This thread's shard index, given out round robin.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
 pub struct GroupStats {
     pub database: String,
     pub user: String,
-    totals: AtomicTotals,
+    shards: Box<[Shard; SHARDS]>,
     /// Logged-in clients of this (database, user), waiting or not.
     pub clients: AtomicUsize,
-    /// Of them, waiting for a server connection now.
-    pub waiting: AtomicUsize,
-    pub wait_hist: Histogram,
-    pub query_hist: Histogram,
-    pub xact_hist: Histogram,
     queries_c: Counter,
     xacts_c: Counter,
     received_c: Counter,
@@ -134,12 +209,8 @@ impl GroupStats {
         GroupStats {
             database: database.to_string(),
             user: user.to_string(),
-            totals: AtomicTotals::default(),
+            shards: Box::default(),
             clients: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            wait_hist: m.histogram("sluice_client_wait_seconds", &l),
-            query_hist: m.histogram("sluice_query_duration_seconds", &l),
-            xact_hist: m.histogram("sluice_transaction_duration_seconds", &l),
             queries_c: m.counter("sluice_queries_total", &l),
             xacts_c: m.counter("sluice_transactions_total", &l),
             received_c: m.counter("sluice_received_bytes_total", &l),
@@ -156,10 +227,11 @@ impl GroupStats {
         }
     }
 
-    /// Adds what a session counted and clears it.
+    /// Adds what a session counted to this thread's shard and clears it.
     pub fn flush(&self, local: &mut LocalStats) {
         let t = std::mem::take(&mut local.totals);
-        let a = &self.totals;
+        let shard = &self.shards[shard_index()];
+        let a = &shard.totals;
         let add = |c: &AtomicU64, v: u64| {
             if v != 0 {
                 c.fetch_add(v, Relaxed);
@@ -176,26 +248,77 @@ impl GroupStats {
         add(&a.client_parses, t.client_parses);
         add(&a.server_parses, t.server_parses);
         add(&a.binds, t.binds);
-    }
-
-    pub fn totals(&self) -> Totals {
-        let a = &self.totals;
-        Totals {
-            server_assignments: a.server_assignments.load(Relaxed),
-            xacts: a.xacts.load(Relaxed),
-            queries: a.queries.load(Relaxed),
-            received: a.received.load(Relaxed),
-            sent: a.sent.load(Relaxed),
-            xact_time: a.xact_time.load(Relaxed),
-            query_time: a.query_time.load(Relaxed),
-            wait_time: a.wait_time.load(Relaxed),
-            client_parses: a.client_parses.load(Relaxed),
-            server_parses: a.server_parses.load(Relaxed),
-            binds: a.binds.load(Relaxed),
+        for (r, row) in local.routes.iter_mut().enumerate() {
+            for (i, n) in row.iter_mut().enumerate() {
+                if *n != 0 {
+                    shard.routes[r][i].fetch_add(std::mem::take(n) as u64, Relaxed);
+                }
+            }
+        }
+        for (h, lh) in local.histograms.iter_mut().enumerate() {
+            if lh.count == 0 {
+                continue;
+            }
+            let sh = &shard.histograms[h];
+            for (i, n) in lh.slots.iter().enumerate() {
+                if *n != 0 {
+                    sh.slots[i].fetch_add(*n as u64, Relaxed);
+                }
+            }
+            sh.sum_us.fetch_add(lh.sum_us, Relaxed);
+            sh.count.fetch_add(lh.count as u64, Relaxed);
+            *lh = LocalHistogram::default();
         }
     }
 
-    /// The difference over the last full period and its length.
+    /// Changes the waiting count at once (not at the next flush): SHOW
+    /// POOLS and the gauge must see a client that waits now.
+    pub fn set_waiting(&self, on: bool) {
+        let w = &self.shards[shard_index()].waiting;
+        w.fetch_add(if on { 1 } else { -1 }, Relaxed);
+    }
+
+    /// Clients waiting for a server now.
+    pub fn waiting(&self) -> usize {
+        let n: i64 = self.shards.iter().map(|s| s.waiting.load(Relaxed)).sum();
+        n.max(0) as usize
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut sum = Totals::default();
+        for s in self.shards.iter() {
+            let a = &s.totals;
+            sum.add(&Totals {
+                server_assignments: a.server_assignments.load(Relaxed),
+                xacts: a.xacts.load(Relaxed),
+                queries: a.queries.load(Relaxed),
+                received: a.received.load(Relaxed),
+                sent: a.sent.load(Relaxed),
+                xact_time: a.xact_time.load(Relaxed),
+                query_time: a.query_time.load(Relaxed),
+                wait_time: a.wait_time.load(Relaxed),
+                client_parses: a.client_parses.load(Relaxed),
+                server_parses: a.server_parses.load(Relaxed),
+                binds: a.binds.load(Relaxed),
+            });
+        }
+        sum
+    }
+
+    /// Routing decisions so far, `[replica?][reason]`.
+    pub fn routes(&self) -> [[u64; 8]; 2] {
+        let mut out = [[0u64; 8]; 2];
+        for s in self.shards.iter() {
+            for (r, row) in s.routes.iter().enumerate() {
+                for (i, n) in row.iter().enumerate() {
+                    out[r][i] += n.load(Relaxed);
+                }
+            }
+        }
+        out
+    }
+
+    /// The last full period's differences and its length.
     pub fn last_period(&self) -> (Totals, Duration) {
         let a = self.averages.lock().unwrap_or_else(|e| e.into_inner());
         (a.1, a.3)
@@ -219,11 +342,60 @@ impl GroupStats {
         self.received_c.absolute(t.received);
         self.sent_c.absolute(t.sent);
         let clients = self.clients.load(Relaxed);
-        let waiting = self.waiting.load(Relaxed);
+        let waiting = self.waiting();
         self.clients_active_g
             .set(clients.saturating_sub(waiting) as f64);
         self.clients_waiting_g.set(waiting as f64);
     }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of the three duration histograms of every group.
+/// They are kept in the sharded atomics above rather than in the exporter's
+/// registry, whose histograms take a shared atomic push and a clock read per
+/// observation; so they are rendered here, in the same text format.
+pub fn render_histograms(groups: &[Arc<GroupStats>]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (h, (name, help)) in HISTOGRAMS.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for g in groups {
+            let mut slots = [0u64; SLOTS];
+            let (mut sum_us, mut count) = (0u64, 0u64);
+            for s in g.shards.iter() {
+                let a = &s.histograms[h];
+                for (i, n) in a.slots.iter().enumerate() {
+                    slots[i] += n.load(Relaxed);
+                }
+                sum_us += a.sum_us.load(Relaxed);
+                count += a.count.load(Relaxed);
+            }
+            let labels = format!(
+                "database=\"{}\",user=\"{}\"",
+                escape_label(&g.database),
+                escape_label(&g.user)
+            );
+            let mut cumulative = 0;
+            for (i, bound) in super::BUCKETS.iter().enumerate() {
+                cumulative += slots[i];
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_sum{{{labels}}} {}",
+                sum_us as f64 / 1_000_000.0
+            );
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+    }
+    out
 }
 
 /// Every (database, user)'s statistics, created on first use and kept.
@@ -283,13 +455,11 @@ mod tests {
         l.totals.sent = 10;
         g.flush(&mut l);
         assert_eq!(l.totals, Totals::default());
-        g.flush(&mut LocalStats {
-            totals: Totals {
-                xacts: 1,
-                ..Totals::default()
-            },
-            prepared_hits: 0,
-        });
+        let mut one = LocalStats::default();
+        one.totals.xacts = 1;
+        one.observe(WAIT, Duration::from_micros(300));
+        one.observe(WAIT, Duration::from_secs(100));
+        g.flush(&mut one);
         assert_eq!(g.totals().xacts, 4);
         assert_eq!(g.totals().sent, 10);
         g.publish();
