@@ -151,7 +151,7 @@ pub async fn login(
     match authenticate(stream, &mut rbuf, &user, creds.as_ref(), cfg.auth.auth_type).await {
         Ok(_) => {}
         Err(AuthError::Failed(reason)) => {
-            tracing::warn!(%user, %database, "login failed: {reason}");
+            tracing::warn!(client = ?stream.peer_addr().ok(), %user, %database, "login failed: {reason}");
             let msg = format!("password authentication failed for user \"{user}\"");
             return Err(refuse(stream, sqlstate::INVALID_PASSWORD, &msg).await);
         }
@@ -217,7 +217,7 @@ pub async fn login(
             }
             Err(e) => {
                 stream.write_all(&out).await.ok();
-                tracing::warn!(%user, %database, "cannot reach the server: {e}");
+                tracing::warn!(client = ?stream.peer_addr().ok(), %user, %database, "cannot reach the server: {e}");
                 let msg = format!("server login failed: {e}");
                 return Err(refuse(stream, sqlstate::CANNOT_CONNECT_NOW, &msg).await);
             }

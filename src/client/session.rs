@@ -638,7 +638,7 @@ impl Session {
                 srv.prepared.clear();
             }
             Ok(Ok(Some(e))) => {
-                tracing::warn!(server = %srv.peer, "server_reset_query failed: {e}");
+                tracing::warn!(db = %self.database, user = %self.user, server = %srv.peer, "server_reset_query failed: {e}");
                 srv.broken = true;
             }
             _ => srv.broken = true,
@@ -1232,7 +1232,7 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => {
                     srv.broken = true;
-                    tracing::error!(server = %srv.peer, "server protocol error: {e}");
+                    tracing::error!(client = %self.peer, db = %self.database, user = %self.user, server = %srv.peer, "server protocol error: {e}");
                     return Err(self
                         .close(
                             sqlstate::PROTOCOL_VIOLATION,
@@ -1402,7 +1402,7 @@ impl Session {
         }
         if !srv.rbuf.is_empty() {
             srv.broken = true;
-            tracing::error!(server = %srv.peer, "server sent data after its last ReadyForQuery");
+            tracing::error!(client = %self.peer, db = %self.database, user = %self.user, server = %srv.peer, "server sent data after its last ReadyForQuery");
             return Err(self
                 .close(
                     sqlstate::PROTOCOL_VIOLATION,
