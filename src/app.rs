@@ -166,15 +166,6 @@ impl App {
                     .contains(database))
     }
 
-    pub fn any_paused(&self) -> bool {
-        self.paused_all.load(Ordering::Acquire)
-            || !self
-                .paused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-    }
-
     /// New transactions of `database` (all when `None`) wait until resumed.
     pub fn pause(&self, database: Option<&str>) {
         match database {

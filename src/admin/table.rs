@@ -84,10 +84,6 @@ impl Table {
         }
     }
 
-    pub fn column_names(&self) -> Vec<&'static str> {
-        self.columns.iter().map(|c| c.0).collect()
-    }
-
     pub fn push(&mut self, row: Vec<Cell>) {
         debug_assert_eq!(row.len(), self.columns.len(), "row width");
         let row = row

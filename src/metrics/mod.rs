@@ -8,7 +8,7 @@
 
 pub mod stats;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -131,10 +131,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(BUCKETS)
-            .expect("the bucket list is not empty")
-            .build_recorder();
+        // The duration histograms are sluice's own (`stats.rs`): the
+        // exporter keeps counters and gauges only.
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
         let c = |name: &'static str, labels: &[(&'static str, &'static str)]| {
@@ -168,11 +167,6 @@ impl Metrics {
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
         self.recorder.register_gauge(&key(name, labels), &METADATA)
-    }
-
-    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
     }
 
     pub fn route_counters(&self, database: &str) -> RouteCounters {
@@ -243,10 +237,10 @@ fn describe(r: &PrometheusRecorder) {
     let d = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: u8| {
         let name = metrics::KeyName::from_const_str(name);
         let help = SharedString::const_str(help);
-        match kind {
-            0 => r.describe_counter(name, unit, help),
-            1 => r.describe_gauge(name, unit, help),
-            _ => r.describe_histogram(name, unit, help),
+        if kind == 0 {
+            r.describe_counter(name, unit, help)
+        } else {
+            r.describe_gauge(name, unit, help)
         }
     };
     d(
