@@ -16,7 +16,6 @@ use crate::auth::Secret;
 use crate::client::cancel::CancelRegistry;
 use crate::client::prepared::Registry;
 use crate::client::registry::ClientRegistry;
-use crate::client::session::PinCounts;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
@@ -31,8 +30,6 @@ pub struct App {
     pub statements: Registry,
     /// Statement classification for routing, with its cache.
     pub classifier: Classifier,
-    /// Clients pinned to their server, by reason.
-    pub pins: PinCounts,
     pub metrics: Arc<Metrics>,
     /// Logged-in clients (SHOW CLIENTS, KILL).
     pub clients: ClientRegistry,
@@ -76,7 +73,6 @@ impl App {
             cancels: CancelRegistry::default(),
             statements,
             classifier,
-            pins: PinCounts::default(),
             metrics,
             clients: ClientRegistry::default(),
             connections: AtomicUsize::new(0),
@@ -110,7 +106,6 @@ impl App {
     }
 
     pub fn count_pin(&self, reason: PinReason) {
-        self.pins.count(reason);
         self.metrics.count_pin(reason);
     }
 

@@ -15,8 +15,6 @@ use tokio::time::Instant;
 
 mod route;
 
-pub use route::PinCounts;
-
 use super::cancel::{CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
 use super::registry::ClientInfo;

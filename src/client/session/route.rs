@@ -19,7 +19,6 @@
 //! before any reply reached the client is run again elsewhere, once.
 
 use bytes::{Buf, BytesMut};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Exit, Session};
@@ -689,27 +688,6 @@ fn contains_word(sql: &[u8], word: &[u8]) -> bool {
                 .get(i + word.len())
                 .is_none_or(|c| !c.is_ascii_alphanumeric())
     })
-}
-
-/// Pins counted by reason, for the logs now and the metrics later.
-#[derive(Default)]
-pub struct PinCounts {
-    pub temp_table: std::sync::atomic::AtomicU64,
-    pub advisory_lock: std::sync::atomic::AtomicU64,
-    pub with_hold_cursor: std::sync::atomic::AtomicU64,
-    pub listen: std::sync::atomic::AtomicU64,
-}
-
-impl PinCounts {
-    pub fn count(&self, reason: PinReason) {
-        let c = match reason {
-            PinReason::TempTable => &self.temp_table,
-            PinReason::AdvisoryLock => &self.advisory_lock,
-            PinReason::WithHoldCursor => &self.with_hold_cursor,
-            PinReason::Listen => &self.listen,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
