@@ -55,7 +55,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("fingerprint/select_200b", |b| {
         b.iter(|| fingerprint(black_box(SELECT_200.as_bytes())))
     });
+    // What the router calls per statement: the route, the statement count,
+    // the first kind and the pins, without building the per-statement list.
     c.bench_function("cached/select_200b", |b| {
+        b.iter(|| classifier.summarize(black_box(SELECT_200), &policy))
+    });
+    // The full answer with a reason per statement (`sluice classify`).
+    c.bench_function("cached_full/select_200b", |b| {
         b.iter(|| classifier.classify(black_box(SELECT_200), &policy))
     });
     let orm = orm_select();

@@ -108,6 +108,12 @@ pub struct Session {
     query_start: Option<Instant>,
     /// When the transaction now open started.
     xact_start: Option<Instant>,
+    /// Clock reads reused for the next timestamp that falls at the same
+    /// moment (a read per event is a measurable share of a short
+    /// transaction): the end of the checkout, for the first query's start;
+    /// the last ReadyForQuery, for the release.
+    attached_at: Option<Instant>,
+    replied_at: Option<Instant>,
 }
 
 /// Retrying a batch once after "cached plan must not change result type".
@@ -191,6 +197,8 @@ impl Session {
             stats: LocalStats::default(),
             query_start: None,
             xact_start: None,
+            attached_at: None,
+            replied_at: None,
         }
     }
 
@@ -455,7 +463,9 @@ impl Session {
             }
         };
         self.count_waiting(false);
-        let waited = waiting_since.elapsed();
+        let attached_at = Instant::now();
+        self.attached_at = Some(attached_at);
+        let waited = attached_at - waiting_since;
         self.stats.observe(stats::WAIT, waited);
         self.stats.totals.wait_time += waited.as_micros() as u64;
         self.stats.totals.server_assignments += 1;
@@ -607,7 +617,8 @@ impl Session {
             self.reset(&mut srv).await;
             self.pool.resetting(&srv, false);
         }
-        self.pool.release(srv);
+        let now = self.replied_at.take().unwrap_or_else(Instant::now);
+        self.pool.release_at(srv, now.into_std());
         self.flush_stats();
     }
 
@@ -778,8 +789,12 @@ impl Session {
             && self.replay.state != ReplayState::Replaying;
         self.replay.state = ReplayState::Off;
         self.replay.statements.clear();
+        // Only a read taken at this moment may stand in for the clock.
+        let attached_at = self.attached_at.take();
+        self.replied_at = None;
         if srv.owed.is_empty() {
-            let now = Instant::now();
+            // Right after a checkout the checkout's clock read will do.
+            let now = attached_at.unwrap_or_else(Instant::now);
             self.query_start = Some(now);
             if srv.tx_status == b'I' {
                 self.xact_start = Some(now);
@@ -1467,6 +1482,7 @@ impl Session {
     /// transaction too.
     fn count_query(&mut self, tx_status: u8) {
         let now = Instant::now();
+        self.replied_at = Some(now);
         self.stats.totals.queries += 1;
         if let Some(start) = self.query_start.take() {
             let d = now - start;

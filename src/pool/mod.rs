@@ -59,10 +59,12 @@ impl ServerManager {
 }
 
 impl managed::Manager for ServerManager {
-    type Type = ServerConn;
+    // Boxed: deadpool moves its objects in and out of its queue by value on
+    // every checkout and return, and a ServerConn is several hundred bytes.
+    type Type = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn create(&self) -> Result<ServerConn, ServerError> {
+    async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         self.connecting.fetch_add(1, Ordering::Relaxed);
         let counted = Connecting(&self.connecting);
         let mut conn = ServerConn::connect(&self.target, self.keepalive).await?;
@@ -86,12 +88,12 @@ impl managed::Manager for ServerManager {
         if d.is_none() {
             *d = Some(conn.defaults.clone());
         }
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     async fn recycle(
         &self,
-        conn: &mut ServerConn,
+        conn: &mut Box<ServerConn>,
         metrics: &Metrics,
     ) -> RecycleResult<ServerError> {
         if conn.broken || !conn.is_clean() {
@@ -104,13 +106,14 @@ impl managed::Manager for ServerManager {
         {
             return Err(RecycleError::message("closed by RECONNECT or reload"));
         }
+        let now = Instant::now();
         if let Some(max) = self.lifetime {
-            if metrics.age() > max {
+            if now.saturating_duration_since(metrics.created) > max {
                 return Err(RecycleError::message("server_lifetime reached"));
             }
         }
         if let Some(max) = self.idle_timeout {
-            if conn.returned_at.elapsed() > max {
+            if now.saturating_duration_since(conn.returned_at) > max {
                 return Err(RecycleError::message("server_idle_timeout reached"));
             }
         }
@@ -265,15 +268,26 @@ impl ServerPool {
 
     /// Waits (first come, first served) for a server connection.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        self.inner
-            .timeout_get(&self.timeouts)
-            .await
-            .map_err(|e| match e {
-                PoolError::Timeout(managed::TimeoutType::Wait) => CheckoutError::WaitTimeout,
-                PoolError::Timeout(_) => CheckoutError::ConnectTimeout,
-                PoolError::Backend(e) => CheckoutError::Server(e),
-                _ => CheckoutError::Closed,
-            })
+        // Most checkouts find a server at once. A zero wait takes a permit
+        // without building the wait timeout (a clock read and a timer entry);
+        // it never jumps the queue, since tokio's semaphore hands a returned
+        // permit to the longest waiter before anyone else can take it.
+        let immediate = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..self.timeouts
+        };
+        let got = match self.inner.timeout_get(&immediate).await {
+            Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
+                self.inner.timeout_get(&self.timeouts).await
+            }
+            got => got,
+        };
+        got.map_err(|e| match e {
+            PoolError::Timeout(managed::TimeoutType::Wait) => CheckoutError::WaitTimeout,
+            PoolError::Timeout(_) => CheckoutError::ConnectTimeout,
+            PoolError::Backend(e) => CheckoutError::Server(e),
+            _ => CheckoutError::Closed,
+        })
     }
 
     /// Where and as whom this pool connects.
@@ -381,7 +395,12 @@ impl ServerPool {
     }
 
     /// Returns a connection to the pool, or closes it when it is not clean.
-    pub fn release(&self, mut server: PooledServer) {
+    pub fn release(&self, server: PooledServer) {
+        self.release_at(server, Instant::now());
+    }
+
+    /// `release` with the caller's clock read of this moment.
+    pub fn release_at(&self, mut server: PooledServer, now: Instant) {
         if let Some(i) = &server.info {
             i.set_state(info::IDLE);
             i.set_prepared(server.prepared.len());
@@ -395,7 +414,7 @@ impl ServerPool {
             let conn = Object::take(server);
             tokio::spawn(conn.terminate());
         } else if server.is_clean() {
-            server.returned_at = Instant::now();
+            server.returned_at = now;
             drop(server);
         } else {
             tracing::debug!(server = ?*server, "closing a server connection that is not clean");
