@@ -22,6 +22,9 @@
 #   WARMUP     seconds of unrecorded load per target first (3; 0 = skip)
 #   SCALE      pgbench -i -s                               (10)
 #   POOL_SIZE  server pool size for both poolers           (20)
+#   WORKERS    sluice's [pooler] workers                   (1: one thread,
+#              like PgBouncer; target "sluice-mt" is the same sluice with
+#              workers = 0, one thread per CPU)
 #   ROUTING    1: also start two streaming replicas and measure routing
 #              (1)                    (target "routed": sluice with reads to
 #              the replicas; "classified": routing on but its replicas
@@ -48,9 +51,10 @@ MODES="${MODES:-simple extended prepared}"
 WARMUP="${WARMUP:-3}"
 SCALE="${SCALE:-10}"
 POOL_SIZE="${POOL_SIZE:-20}"
+WORKERS="${WORKERS:-1}"
 ROUTING="${ROUTING:-1}"
-TARGETS="sluice direct pgbouncer"
-[[ $ROUTING == 1 ]] && TARGETS="sluice classified routed direct pgbouncer"
+TARGETS="sluice sluice-mt direct pgbouncer"
+[[ $ROUTING == 1 ]] && TARGETS="sluice sluice-mt classified routed direct pgbouncer"
 
 # Stray libpq settings from the caller's shell would silently redirect or alter
 # connections; everything below passes host/port/user/db explicitly.
@@ -97,6 +101,7 @@ fi
 # ---------------------------------------------------------------------------
 TMP=""
 SLUICE_PID=""
+SLUICE_MT_PID=""
 ROUTED_PID=""
 CLASSIFIED_PID=""
 EVENTUAL_PID=""
@@ -126,6 +131,7 @@ cleanup() {
     set +e
     stop_pid "${PGBENCH_PID:-}" pgbench
     stop_pid "$SLUICE_PID" sluice
+    stop_pid "$SLUICE_MT_PID" sluice-mt
     stop_pid "$ROUTED_PID" sluice-routed
     stop_pid "$CLASSIFIED_PID" sluice-classified
     stop_pid "$EVENTUAL_PID" sluice-eventual
@@ -169,6 +175,7 @@ pick_port() {
 }
 PG_PORT=$(pick_port)
 SLUICE_PORT=$(pick_port)
+SLUICE_MT_PORT=$(pick_port)
 ROUTED_PORT=$(pick_port)
 CLASSIFIED_PORT=$(pick_port)
 DEAD_PORT=$(pick_port)
@@ -269,6 +276,7 @@ cat >"$TMP/pooler.toml" <<EOF
 listen = "127.0.0.1:$SLUICE_PORT"
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
+workers = $WORKERS
 log_connections = false
 log_disconnections = false
 
@@ -286,6 +294,14 @@ log "starting sluice ($SLUICE_BIN) on port $SLUICE_PORT"
 SLUICE_LOG=warn "$SLUICE_BIN" --config "$TMP/pooler.toml" >"$TMP/sluice.log" 2>&1 &
 SLUICE_PID=$!
 wait_ready sluice "$SLUICE_PID" "$SLUICE_PORT" "$TMP/sluice.log"
+
+# The same with one runtime thread per CPU.
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$SLUICE_MT_PORT\"/" -e "s/^workers = .*/workers = 0/" \
+    "$TMP/pooler.toml" >"$TMP/sluice-mt.toml"
+log "starting sluice-mt (workers = 0) on port $SLUICE_MT_PORT"
+SLUICE_LOG=warn "$SLUICE_BIN" --config "$TMP/sluice-mt.toml" >"$TMP/sluice-mt.log" 2>&1 &
+SLUICE_MT_PID=$!
+wait_ready sluice-mt "$SLUICE_MT_PID" "$SLUICE_MT_PORT" "$TMP/sluice-mt.log"
 
 # The same pooler with the two replicas and routing on; and once more with
 # eventual consistency, to price read-your-writes.
@@ -350,6 +366,7 @@ CLK_TCK=$(getconf CLK_TCK)
 port_of() {
     case $1 in
         sluice) echo "$SLUICE_PORT" ;;
+        sluice-mt) echo "$SLUICE_MT_PORT" ;;
         routed) echo "$ROUTED_PORT" ;;
         classified) echo "$CLASSIFIED_PORT" ;;
         eventual) echo "$EVENTUAL_PORT" ;;
@@ -360,6 +377,7 @@ port_of() {
 pid_of() {
     case $1 in
         sluice) echo "$SLUICE_PID" ;;
+        sluice-mt) echo "$SLUICE_MT_PID" ;;
         routed) echo "$ROUTED_PID" ;;
         classified) echo "$CLASSIFIED_PID" ;;
         eventual) echo "$EVENTUAL_PID" ;;
@@ -425,7 +443,7 @@ measure() { # round mode target
 
 echo "# sluice vs direct vs pgbouncer — pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pool size $POOL_SIZE"
 echo "# modes: $MODES; rounds: $ROUNDS; order per round: $TARGETS"
-echo "# sluice: $SLUICE_BIN ($("$SLUICE_BIN" --version 2>/dev/null || echo '?'))"
+echo "# sluice: $SLUICE_BIN ($("$SLUICE_BIN" --version 2>/dev/null || echo '?')), workers = $WORKERS; sluice-mt: workers = 0"
 echo "# pgbouncer: $($PGBOUNCER_BIN --version | head -n1); postgres: $("$PG_BIN/postgres" --version)"
 echo "# host: $(nproc) CPUs, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -502,6 +520,10 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
             s = M[i] SUBSEP "sluice"; d = M[i] SUBSEP "direct"; b = M[i] SUBSEP "pgbouncer"
             printf "%s: sluice/pgbouncer tps = %s, sluice/pgbouncer CPU per tx = %s, sluice/direct tps = %s\n",
                 M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
+            m = M[i] SUBSEP "sluice-mt"
+            if (n[m])
+                printf "%s: sluice-mt/pgbouncer tps = %s, sluice-mt/pgbouncer CPU per tx = %s\n",
+                    M[i], ratio(mtps(m), mtps(b)), ratio(cpk(m), cpk(b))
         }
         for (i = 1; i <= nm; i++) {
             s = M[i] SUBSEP "sluice"; r = M[i] SUBSEP "routed"; c = M[i] SUBSEP "classified"

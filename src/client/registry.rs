@@ -36,10 +36,9 @@ pub struct ClientInfo {
     /// Set by KILL: the session ends at once.
     pub killed: AtomicBool,
     /// Woken when the session must look at the operator's controls (pause,
-    /// kill, drain, reload). One per session, so waiting on it costs an
-    /// uncontended lock, where a shared channel would be a lock every
-    /// session takes on every request.
-    pub wake: tokio::sync::Notify,
+    /// kill, drain, reload). One per session, so a shared channel's lock is
+    /// not taken by every session on every request.
+    pub wake: Wake,
 }
 
 impl ClientInfo {
@@ -65,13 +64,15 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            wake: Wake::default(),
         }
     }
 
-    pub fn waiting(&self) {
+    /// Waiting for a server since `at`.
+    pub fn waiting(&self, at: std::time::Instant) {
         self.state.store(WAITING, Relaxed);
-        self.request_time.store(now_ms(), Relaxed);
+        self.request_time
+            .store(crate::server::info::ms_at(at), Relaxed);
     }
 
     pub fn linked(&self, server: u64) {
@@ -127,5 +128,92 @@ impl ClientRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A wake-up for one waiting task, kept until it is taken (like
+/// `Notify::notify_one` with a single waiter). A session polls it beside its
+/// sockets on every pass of its loop; tokio's `Notify` takes a mutex on each
+/// such poll, this takes two uncontended atomics.
+#[derive(Default)]
+pub struct Wake {
+    pending: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Wake {
+    /// Wakes the waiting task, or the next one to wait.
+    pub fn notify_one(&self) {
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once `notify_one` has been called since the last wake-up
+    /// was taken.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wake")
+            .field("pending", &self.pending.load(Relaxed))
+            .finish()
+    }
+}
+
+/// The future of [`Wake::notified`].
+pub struct Notified<'a>(&'a Wake);
+
+impl std::future::Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let wake = self.0;
+        // A plain load first: the flag is almost always clear.
+        if wake.pending.load(std::sync::atomic::Ordering::Acquire)
+            && wake.pending.swap(false, AcqRel)
+        {
+            return std::task::Poll::Ready(());
+        }
+        wake.waker.register(cx.waker());
+        // A notify between the check and the registration.
+        if wake.pending.swap(false, AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Wake;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_wake_is_kept_until_taken_and_reaches_a_waiter() {
+        let wake = Arc::new(Wake::default());
+        wake.notify_one();
+        // Kept: the next wait completes at once, and takes it.
+        wake.notified().await;
+        let pending = tokio::time::timeout(Duration::from_millis(20), wake.notified()).await;
+        assert!(pending.is_err(), "a wake-up was taken twice");
+        let waiter = tokio::spawn({
+            let wake = wake.clone();
+            async move { wake.notified().await }
+        });
+        tokio::task::yield_now().await;
+        wake.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting task was not woken")
+            .unwrap();
     }
 }

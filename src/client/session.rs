@@ -442,7 +442,7 @@ impl Session {
     async fn attach(&mut self, mut target: route::Target) -> Result<PooledServer, Exit> {
         self.wait_while_paused().await?;
         let waiting_since = Instant::now();
-        self.info.waiting();
+        self.info.waiting(waiting_since.into_std());
         self.count_waiting(true);
         let checkout = loop {
             let pool = match target {
@@ -560,7 +560,8 @@ impl Session {
         });
         self.info.linked(srv.id);
         if let Some(i) = &srv.info {
-            i.link(self.cancel.pid);
+            let at = self.attached_at.unwrap_or_else(Instant::now);
+            i.link(self.cancel.pid, at.into_std());
         }
         self.stage_begin(&mut srv);
         Ok(srv)
@@ -577,7 +578,7 @@ impl Session {
         if !self.app.is_paused(&self.database) {
             return Ok(());
         }
-        self.info.waiting();
+        self.info.waiting(std::time::Instant::now());
         self.count_waiting(true);
         let result = loop {
             if !self.app.is_paused(&self.database) {

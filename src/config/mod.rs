@@ -106,7 +106,8 @@ pub struct PoolerConfig {
     pub shutdown_delay: Dur,
     pub tcp_keepalive: bool,
     /// Runtime worker threads; 0 uses one per CPU (or $TOKIO_WORKER_THREADS).
-    /// One thread spends the least CPU per transaction; more use more cores.
+    /// 1 runs a current-thread runtime, which spends the least CPU per
+    /// transaction; more use more cores.
     pub workers: usize,
     /// Bind listeners with SO_REUSEPORT, so that a second process can share
     /// the port (rolling restarts); off by default so a port clash is an error.

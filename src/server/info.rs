@@ -37,6 +37,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The wall-clock milliseconds of `at`, from one wall-clock reading taken at
+/// the first call. Sessions stamp the admin console's request times with the
+/// monotonic clock reads they take anyway; the two clocks drift apart by no
+/// more than NTP's slew, which millisecond timestamps do not show.
+pub fn ms_at(at: std::time::Instant) -> u64 {
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (i0, ms0) = *ANCHOR.get_or_init(|| (std::time::Instant::now(), now_ms()));
+    match at.checked_duration_since(i0) {
+        Some(d) => ms0 + d.as_millis() as u64,
+        None => ms0.saturating_sub(i0.duration_since(at).as_millis() as u64),
+    }
+}
+
 impl ServerInfo {
     pub fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, pid: i32, epoch: u64) -> Self {
         let now = now_ms();
@@ -54,10 +67,11 @@ impl ServerInfo {
         }
     }
 
-    pub fn link(&self, client: i32) {
+    /// Serving `client` since `at`.
+    pub fn link(&self, client: i32, at: std::time::Instant) {
         self.client.store(client, Relaxed);
         self.state.store(ACTIVE, Relaxed);
-        self.request_time.store(now_ms(), Relaxed);
+        self.request_time.store(ms_at(at), Relaxed);
     }
 
     pub fn set_state(&self, state: u8) {
