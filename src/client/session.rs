@@ -344,7 +344,11 @@ impl Session {
                 self.rbuf.reserve(total - self.rbuf.len());
             }
             let deadline = idle_limit.map(|d| Instant::now() + d);
+            // Biased: polled in order, without the random start that costs a
+            // thread-local RNG draw per pass; controls are checked at the top
+            // of every pass anyway.
             tokio::select! {
+                biased;
                 r = read_more(&mut self.stream, &mut self.rbuf) => {
                     if !r {
                         return Err(Exit::Gone);
@@ -731,7 +735,9 @@ impl Session {
             let deadline = limit.map(|d| Instant::now() + d);
             reserve_for_next(&mut self.rbuf, &self.scanner);
             reserve_for_next(&mut srv.rbuf, &srv.scanner);
+            // Biased, as in wait_for_request: the server's replies first.
             tokio::select! {
+                biased;
                 r = read_more(&mut srv.stream, &mut srv.rbuf) => {
                     if !r {
                         srv.broken = true;
