@@ -92,9 +92,11 @@ async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
 #[tokio::test]
 async fn sigterm_drains_open_transactions_then_exits_zero() {
     let dir = temp_dir("drain");
+    // One thread (a current-thread runtime): the other tests here run the
+    // default, one thread per CPU.
     let mut s = spawn_sluice(
         &dir,
-        "default_pool_size = 25\nshutdown_delay = \"1s\"\nshutdown_timeout = \"30s\"",
+        "workers = 1\ndefault_pool_size = 25\nshutdown_delay = \"1s\"\nshutdown_timeout = \"30s\"",
     )
     .await;
     assert_eq!(http_get(s.http, "/ready").await.0, 200);
