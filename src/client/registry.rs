@@ -174,12 +174,10 @@ impl std::future::Future for Notified<'_> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        use std::sync::atomic::Ordering::AcqRel;
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
         let wake = self.0;
         // A plain load first: the flag is almost always clear.
-        if wake.pending.load(std::sync::atomic::Ordering::Acquire)
-            && wake.pending.swap(false, AcqRel)
-        {
+        if wake.pending.load(Acquire) && wake.pending.swap(false, AcqRel) {
             return std::task::Poll::Ready(());
         }
         wake.waker.register(cx.waker());

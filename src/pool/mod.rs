@@ -140,6 +140,9 @@ pub struct ServerPool {
     pub reset_always: bool,
     inner: managed::Pool<ServerManager>,
     timeouts: Timeouts,
+    /// `timeouts` with a zero wait: take a free server or none, without
+    /// building a wait timer.
+    no_wait: Timeouts,
     /// Set on reload when a new pool replaces this one: connections close
     /// when they come back.
     retired: AtomicBool,
@@ -260,6 +263,10 @@ impl ServerPool {
             reset_always: p.server_reset_query_always,
             inner,
             timeouts,
+            no_wait: Timeouts {
+                wait: Some(Duration::ZERO),
+                ..timeouts
+            },
             retired: AtomicBool::new(false),
             resetting: AtomicUsize::new(0),
             gauges: ServerGauges::new(m, database, user, addr, role),
@@ -272,11 +279,7 @@ impl ServerPool {
         // without building the wait timeout (a clock read and a timer entry);
         // it never jumps the queue, since tokio's semaphore hands a returned
         // permit to the longest waiter before anyone else can take it.
-        let immediate = Timeouts {
-            wait: Some(Duration::ZERO),
-            ..self.timeouts
-        };
-        let got = match self.inner.timeout_get(&immediate).await {
+        let got = match self.inner.timeout_get(&self.no_wait).await {
             Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
                 self.inner.timeout_get(&self.timeouts).await
             }
@@ -448,13 +451,9 @@ impl ServerPool {
             // hold every idle one plus the missing number at once; a zero wait
             // never blocks on a busy pool.
             let want = self.min_size - status.size + status.available;
-            let now = Timeouts {
-                wait: Some(Duration::ZERO),
-                ..self.timeouts
-            };
             let mut held = Vec::with_capacity(want);
             for _ in 0..want {
-                match self.inner.timeout_get(&now).await {
+                match self.inner.timeout_get(&self.no_wait).await {
                     Ok(c) => held.push(c),
                     Err(PoolError::Timeout(_)) => break,
                     Err(e) => {
