@@ -43,6 +43,7 @@ pub async fn start(
         http::start(app.clone(), &cfg.http.listen).await?;
     }
     tokio::spawn(app.pools.clone().maintenance_loop());
+    tokio::spawn(app.pools.clone().wait_expiry_loop());
     tokio::spawn(metrics_loop(app.clone()));
     Ok((app, addrs))
 }

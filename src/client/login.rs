@@ -209,7 +209,7 @@ pub async fn login(
     let pool = &pools.primary;
     let defaults = match pool.defaults() {
         Some(d) => d,
-        None => match pool.checkout().await {
+        None => match pool.checkout(std::time::Instant::now()).await {
             Ok(server) => {
                 let d = server.defaults.clone();
                 pool.release(server);

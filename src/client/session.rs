@@ -455,7 +455,7 @@ impl Session {
             };
             // A client killed while it waits ends once it has a server (KILL
             // frees the database's servers): serve() looks first.
-            let result = pool.checkout().await;
+            let result = pool.checkout(waiting_since.into_std()).await;
             self.pool = pool;
             match (result, target) {
                 (Err(e @ CheckoutError::Server(_)), route::Target::Replica(i))
@@ -511,16 +511,48 @@ impl Session {
                 return Err(self.close(code, &msg).await);
             }
         };
+        let in_line = (
+            self.wanted.content_hash(),
+            self.reported.content_hash(),
+            srv.overrides.content_hash(),
+        );
+        if srv.params_in_line != Some(in_line) {
+            if let Err(exit) = self.bring_in_line(&mut srv).await {
+                if srv.broken {
+                    self.pool.discard(srv);
+                } else {
+                    self.pool.release(srv);
+                }
+                return Err(exit);
+            }
+        }
+        self.cancel.attach(ServerKey {
+            addr: srv.peer,
+            pid: srv.pid,
+            secret: srv.secret,
+        });
+        self.info.linked(srv.id);
+        if let Some(i) = &srv.info {
+            let at = self.attached_at.unwrap_or_else(Instant::now);
+            i.link(self.cancel.pid, at.into_std());
+        }
+        self.stage_begin(&mut srv);
+        Ok(srv)
+    }
+
+    /// Makes the server's session parameters the client's, and tells the
+    /// client the values the server settled on where they differ from what it
+    /// was told; remembers on the server that the two are in line.
+    async fn bring_in_line(&mut self, srv: &mut PooledServer) -> Result<(), Exit> {
         match srv.sync_params(&self.wanted).await {
             Ok(None) => {}
             Ok(Some(err)) => {
                 // The client asked for a setting the server refuses; PostgreSQL
                 // would have refused the login the same way.
-                self.pool.release(srv);
                 return Err(self.close(&err.code, &err.message).await);
             }
             Err(e) => {
-                self.pool.discard(srv);
+                srv.broken = true;
                 return Err(self
                     .close(
                         sqlstate::CONNECTION_FAILURE,
@@ -553,22 +585,15 @@ impl Session {
                 self.wanted.set(&n, &v, false);
             }
             if self.stream.write_all(&self.out).await.is_err() {
-                self.pool.release(srv);
                 return Err(Exit::Gone);
             }
         }
-        self.cancel.attach(ServerKey {
-            addr: srv.peer,
-            pid: srv.pid,
-            secret: srv.secret,
-        });
-        self.info.linked(srv.id);
-        if let Some(i) = &srv.info {
-            let at = self.attached_at.unwrap_or_else(Instant::now);
-            i.link(self.cancel.pid, at.into_std());
-        }
-        self.stage_begin(&mut srv);
-        Ok(srv)
+        srv.params_in_line = Some((
+            self.wanted.content_hash(),
+            self.reported.content_hash(),
+            srv.overrides.content_hash(),
+        ));
+        Ok(())
     }
 
     /// Counts this client in its pools' waiting clients, or stops counting it.

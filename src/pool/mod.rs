@@ -1,16 +1,15 @@
-//! Pools of server connections, one per (database, user, server), on deadpool.
-//! A `PoolGroup` holds a (database, user)'s primary pool and one pool per
-//! replica, plus the database's routing state.
+//! Pools of server connections, one per (database, user, server), on the
+//! handoff pool in `slots.rs`. A `PoolGroup` holds a (database, user)'s
+//! primary pool and one pool per replica, plus the database's routing state.
 //!
-//! deadpool gives the bounded pool, the FIFO wait queue (its semaphore is
-//! fair), the wait and connect timeouts and `retain` for reaping. It has no
-//! hook on return and no minimum size, so the pooler resets a connection
-//! before it drops the handle, and a maintenance task reaps idle connections
-//! and keeps `min_pool_size` warm.
+//! The pooler resets a connection before it returns it; checkout checks that
+//! an idle one is still fit; a maintenance task reaps idle connections, keeps
+//! `min_pool_size` warm and ends waits past `query_wait_timeout`.
 
 mod reload;
+mod slots;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use slots::{Grant, Lease, Reservation, Slots, Take};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,7 +23,12 @@ use crate::router::replicas::DbRouting;
 use crate::server::info::{self, ServerInfo};
 use crate::server::{ParamMap, ServerConn, ServerError, ServerTarget};
 
-pub type PooledServer = Object<ServerManager>;
+/// A server connection checked out of its pool; dropped, it goes back.
+/// How often waits are checked against query_wait_timeout: a wait ends
+/// within this much after its limit.
+const WAIT_CHECK: Duration = Duration::from_millis(100);
+
+pub type PooledServer = Lease<Box<ServerConn>>;
 
 /// Creates and checks server connections for one pool.
 pub struct ServerManager {
@@ -58,12 +62,7 @@ impl ServerManager {
     }
 }
 
-impl managed::Manager for ServerManager {
-    // Boxed: deadpool moves its objects in and out of its queue by value on
-    // every checkout and return, and a ServerConn is several hundred bytes.
-    type Type = Box<ServerConn>;
-    type Error = ServerError;
-
+impl ServerManager {
     async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         self.connecting.fetch_add(1, Ordering::Relaxed);
         let counted = Connecting(&self.connecting);
@@ -88,41 +87,40 @@ impl managed::Manager for ServerManager {
         if d.is_none() {
             *d = Some(conn.defaults.clone());
         }
+        // Boxed: the pool moves its connections in and out of its stack and
+        // through its handoff channel by value, and a ServerConn is several
+        // hundred bytes.
         Ok(Box::new(conn))
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut Box<ServerConn>,
-        metrics: &Metrics,
-    ) -> RecycleResult<ServerError> {
+    /// Why an idle connection must not serve again, if it must not.
+    fn unfit(&self, conn: &mut ServerConn, now: Instant) -> Option<&'static str> {
         if conn.broken || !conn.is_clean() {
-            return Err(RecycleError::message("connection is not clean"));
+            return Some("connection is not clean");
         }
         if conn
             .info
             .as_ref()
             .is_some_and(|i| i.epoch < self.current_epoch())
         {
-            return Err(RecycleError::message("closed by RECONNECT or reload"));
+            return Some("closed by RECONNECT or reload");
         }
-        let now = Instant::now();
-        if let Some(max) = self.lifetime {
-            if now.saturating_duration_since(metrics.created) > max {
-                return Err(RecycleError::message("server_lifetime reached"));
-            }
+        if self
+            .lifetime
+            .is_some_and(|max| now.saturating_duration_since(conn.created_at) > max)
+        {
+            return Some("server_lifetime reached");
         }
-        if let Some(max) = self.idle_timeout {
-            if now.saturating_duration_since(conn.returned_at) > max {
-                return Err(RecycleError::message("server_idle_timeout reached"));
-            }
+        if self
+            .idle_timeout
+            .is_some_and(|max| now.saturating_duration_since(conn.returned_at) > max)
+        {
+            return Some("server_idle_timeout reached");
         }
         if !conn.idle_socket_ok() {
-            return Err(RecycleError::message(
-                "server closed the connection or sent unasked data",
-            ));
+            return Some("server closed the connection or sent unasked data");
         }
-        Ok(())
+        None
     }
 }
 
@@ -138,11 +136,12 @@ pub struct ServerPool {
     pub min_size: usize,
     pub reset_query: String,
     pub reset_always: bool,
-    inner: managed::Pool<ServerManager>,
-    timeouts: Timeouts,
-    /// `timeouts` with a zero wait: take a free server or none, without
-    /// building a wait timer.
-    no_wait: Timeouts,
+    manager: ServerManager,
+    slots: Arc<Slots<Box<ServerConn>>>,
+    /// query_wait_timeout
+    wait_timeout: Option<Duration>,
+    /// server_connect_timeout
+    connect_timeout: Option<Duration>,
     /// Set on reload when a new pool replaces this one: connections close
     /// when they come back.
     retired: AtomicBool,
@@ -239,19 +238,6 @@ impl ServerPool {
             epoch: AtomicU64::new(0),
             servers: Mutex::new(Vec::new()),
         };
-        let timeouts = Timeouts {
-            wait: p.query_wait_timeout.enabled(),
-            create: p.server_connect_timeout.enabled(),
-            // recycle() never blocks: no timer needed.
-            recycle: None,
-        };
-        let inner = managed::Pool::builder(manager)
-            .max_size(cfg.pool_size_for(database, user))
-            .timeouts(timeouts)
-            .queue_mode(deadpool::managed::QueueMode::Lifo)
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .ok()?;
         Some(ServerPool {
             database: database.to_string(),
             user: user.to_string(),
@@ -261,53 +247,76 @@ impl ServerPool {
             min_size: cfg.min_pool_size_for(database),
             reset_query: p.server_reset_query.clone(),
             reset_always: p.server_reset_query_always,
-            inner,
-            timeouts,
-            no_wait: Timeouts {
-                wait: Some(Duration::ZERO),
-                ..timeouts
-            },
+            manager,
+            slots: Slots::new(cfg.pool_size_for(database, user)),
+            wait_timeout: p.query_wait_timeout.enabled(),
+            connect_timeout: p.server_connect_timeout.enabled(),
             retired: AtomicBool::new(false),
             resetting: AtomicUsize::new(0),
             gauges: ServerGauges::new(m, database, user, addr, role),
         })
     }
 
-    /// Waits (first come, first served) for a server connection.
-    pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        // Most checkouts find a server at once. A zero wait takes a permit
-        // without building the wait timeout (a clock read and a timer entry);
-        // it never jumps the queue, since tokio's semaphore hands a returned
-        // permit to the longest waiter before anyone else can take it.
-        let got = match self.inner.timeout_get(&self.no_wait).await {
-            Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
-                self.inner.timeout_get(&self.timeouts).await
+    /// Waits (first come, first served) for a server connection; `now` is
+    /// the caller's clock read of this moment.
+    pub async fn checkout(&self, now: Instant) -> Result<PooledServer, CheckoutError> {
+        loop {
+            let mut lease = match self.slots.take(now) {
+                Take::Ready(lease) => lease,
+                Take::Open(place) => return self.open(place).await,
+                Take::Wait(grant) => match grant.await {
+                    Ok(Grant::Ready(lease)) => lease,
+                    Ok(Grant::Open(place)) => return self.open(place).await,
+                    Ok(Grant::TimedOut) => return Err(CheckoutError::WaitTimeout),
+                    Err(_) => return Err(CheckoutError::Closed),
+                },
+            };
+            match self.manager.unfit(&mut lease, now) {
+                None => return Ok(lease),
+                Some(why) => {
+                    tracing::debug!(server = %lease.peer, "closing an idle server connection: {why}");
+                    self.discard(lease);
+                }
             }
-            got => got,
+        }
+    }
+
+    /// Opens a connection in a place the pool counted for it.
+    async fn open(
+        &self,
+        place: Reservation<Box<ServerConn>>,
+    ) -> Result<PooledServer, CheckoutError> {
+        let conn = match self.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.manager.create())
+                .await
+                .map_err(|_| CheckoutError::ConnectTimeout)??,
+            None => self.manager.create().await?,
         };
-        got.map_err(|e| match e {
-            PoolError::Timeout(managed::TimeoutType::Wait) => CheckoutError::WaitTimeout,
-            PoolError::Timeout(_) => CheckoutError::ConnectTimeout,
-            PoolError::Backend(e) => CheckoutError::Server(e),
-            _ => CheckoutError::Closed,
-        })
+        Ok(place.fill(conn))
+    }
+
+    /// Fails the checkouts that have waited longer than query_wait_timeout.
+    pub fn expire_waits(&self, now: Instant) {
+        if let Some(limit) = self.wait_timeout {
+            if let Some(cutoff) = now.checked_sub(limit) {
+                self.slots.expire_waiters(cutoff);
+            }
+        }
     }
 
     /// Where and as whom this pool connects.
     pub fn target(&self) -> &ServerTarget {
-        &self.inner.manager().target
+        &self.manager.target
     }
 
     /// Server connections checked out now.
     pub fn in_use(&self) -> usize {
-        let s = self.inner.status();
-        s.size.saturating_sub(s.available)
+        self.status().active
     }
 
     /// The parameters a fresh server reports, once one has connected.
     pub fn defaults(&self) -> Option<ParamMap> {
-        self.inner
-            .manager()
+        self.manager
             .defaults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -316,13 +325,15 @@ impl ServerPool {
 
     /// Counts, for SHOW POOLS and the metrics.
     pub fn status(&self) -> PoolStatus {
-        let s = self.inner.status();
+        let s = self.slots.counts();
+        let connecting = self.manager.connecting.load(Ordering::Relaxed);
         PoolStatus {
-            max_size: s.max_size,
-            active: s.size.saturating_sub(s.available),
-            idle: s.available,
+            max_size: self.slots.max_size(),
+            // Places being opened count in the size until they connect.
+            active: s.size.saturating_sub(s.idle + connecting),
+            idle: s.idle,
             used: self.resetting.load(Ordering::Relaxed),
-            connecting: self.inner.manager().connecting.load(Ordering::Relaxed),
+            connecting,
             waiting: s.waiting,
         }
     }
@@ -340,8 +351,7 @@ impl ServerPool {
     /// Every connection this pool has open, idle or serving.
     pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
         let servers = self
-            .inner
-            .manager()
+            .manager
             .servers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -363,25 +373,24 @@ impl ServerPool {
     /// Closes every connection as soon as it is free (RECONNECT): idle ones
     /// now, the others when they come back.
     pub fn reconnect(&self) {
-        self.inner.manager().epoch.fetch_add(1, Ordering::Relaxed);
+        self.manager.epoch.fetch_add(1, Ordering::Relaxed);
         self.close_idle();
     }
 
     /// Opened before the last RECONNECT or reload: closes once free.
     pub fn is_stale(&self, server: &ServerInfo) -> bool {
-        self.retired.load(Ordering::Relaxed) || server.epoch < self.inner.manager().current_epoch()
+        self.retired.load(Ordering::Relaxed) || server.epoch < self.manager.current_epoch()
     }
 
     /// Connections still open from before the last RECONNECT (WAIT_CLOSE).
     pub fn old_connections(&self) -> usize {
-        let epoch = self.inner.manager().current_epoch();
+        let epoch = self.manager.current_epoch();
         self.servers().iter().filter(|s| s.epoch < epoch).count()
     }
 
     /// Closes the idle connections.
     pub fn close_idle(&self) {
-        let removed = self.inner.retain(|_, _| false);
-        for conn in removed.removed {
+        for conn in self.slots.remove_idle(|_| false) {
             tokio::spawn(conn.terminate());
         }
     }
@@ -412,57 +421,50 @@ impl ServerPool {
             || server
                 .info
                 .as_ref()
-                .is_some_and(|i| i.epoch < self.inner.manager().current_epoch());
+                .is_some_and(|i| i.epoch < self.manager.current_epoch());
         if stale {
-            let conn = Object::take(server);
-            tokio::spawn(conn.terminate());
+            tokio::spawn(server.detach().terminate());
         } else if server.is_clean() {
             server.returned_at = now;
             drop(server);
         } else {
             tracing::debug!(server = ?*server, "closing a server connection that is not clean");
-            let conn = Object::take(server);
-            tokio::spawn(conn.terminate());
+            tokio::spawn(server.detach().terminate());
         }
     }
 
     /// Closes a connection that must not be reused.
     pub fn discard(&self, server: PooledServer) {
-        let conn = Object::take(server);
-        tokio::spawn(conn.terminate());
+        tokio::spawn(server.detach().terminate());
     }
 
     /// Reaps idle connections past their idle time or lifetime, and opens
     /// connections up to the minimum size.
     pub async fn maintain(&self) {
-        let lifetime = self.inner.manager().lifetime;
-        let idle = self.inner.manager().idle_timeout;
-        let removed = self.inner.retain(|conn, metrics| {
-            let too_old = lifetime.is_some_and(|l| metrics.age() > l);
-            let too_idle = idle.is_some_and(|i| conn.returned_at.elapsed() > i);
+        let lifetime = self.manager.lifetime;
+        let idle = self.manager.idle_timeout;
+        let now = Instant::now();
+        let removed = self.slots.remove_idle(|conn| {
+            let too_old =
+                lifetime.is_some_and(|l| now.saturating_duration_since(conn.created_at) > l);
+            let too_idle =
+                idle.is_some_and(|i| now.saturating_duration_since(conn.returned_at) > i);
             !(too_old || too_idle || conn.broken)
         });
-        for conn in removed.removed {
+        for conn in removed {
             tokio::spawn(conn.terminate());
         }
-        let status = self.inner.status();
-        if status.size < self.min_size {
-            // deadpool opens a connection only when no idle one is left, so
-            // hold every idle one plus the missing number at once; a zero wait
-            // never blocks on a busy pool.
-            let want = self.min_size - status.size + status.available;
-            let mut held = Vec::with_capacity(want);
-            for _ in 0..want {
-                match self.inner.timeout_get(&self.no_wait).await {
-                    Ok(c) => held.push(c),
-                    Err(PoolError::Timeout(_)) => break,
-                    Err(e) => {
-                        tracing::warn!(db = %self.database, user = %self.user, "min_pool_size: {e}");
-                        break;
-                    }
-                }
+        // Opened one at a time and returned, so a client that arrives
+        // meanwhile is served first (a reservation is only taken while
+        // nobody waits).
+        while self.slots.counts().size < self.min_size {
+            let Some(place) = self.slots.reserve() else {
+                break;
+            };
+            if let Err(e) = self.open(place).await {
+                tracing::warn!(db = %self.database, user = %self.user, "min_pool_size: {e}");
+                break;
             }
-            drop(held);
         }
     }
 }
@@ -614,6 +616,20 @@ impl Pools {
             tick.tick().await;
             for pool in self.all() {
                 pool.maintain().await;
+            }
+        }
+    }
+
+    /// Ends waits past query_wait_timeout, checking every `WAIT_CHECK`, until
+    /// the process ends. Apart from maintenance, which may wait on connects.
+    pub async fn wait_expiry_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(WAIT_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for pool in self.all() {
+                pool.expire_waits(now);
             }
         }
     }

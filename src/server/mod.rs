@@ -103,6 +103,11 @@ pub struct ServerConn {
     pub defaults: ParamMap,
     /// The parameters now in effect where they differ from `defaults`.
     pub overrides: ParamMap,
+    /// The content hashes of (a client's wanted, that client's reported,
+    /// this server's overrides) when the server was last brought in line
+    /// with a client and the client told every value: the same three again
+    /// need neither a SET nor a ParameterStatus.
+    pub params_in_line: Option<(u64, u64, u64)>,
     pub owed: Owed,
     /// Status byte of the last ReadyForQuery.
     pub tx_status: u8,
@@ -154,6 +159,7 @@ impl ServerConn {
             secret: 0,
             defaults: ParamMap::new(),
             overrides: ParamMap::new(),
+            params_in_line: None,
             owed: Owed::new(),
             tx_status: b'I',
             created_at: Instant::now(),

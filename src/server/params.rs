@@ -2,19 +2,43 @@
 //! server connection, so that a client's settings follow it to whichever server
 //! serves it, with a SET only where the values differ.
 
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
 /// Parameters by name, matched case-insensitively as PostgreSQL does, keeping
 /// the spelling the server reports (`DateStyle`, `TimeZone`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ParamMap {
     entries: Vec<(String, String)>,
     /// Names whose value is SQL text as the client wrote it in a SET
     /// (`'$user', public`), replayed verbatim rather than quoted.
     raw: Vec<String>,
+    /// A keyed hash of the contents, kept current by every change, so that a
+    /// server can remember which settings it was last brought in line with
+    /// and skip the comparison when the next client's are the same.
+    hash: u64,
+}
+
+impl PartialEq for ParamMap {
+    fn eq(&self, other: &ParamMap) -> bool {
+        self.entries == other.entries && self.raw == other.raw
+    }
+}
+
+impl Eq for ParamMap {}
+
+/// The hash key, random per process: a client that picks its own settings
+/// cannot aim for a collision with another's.
+fn hash_key() -> &'static std::collections::hash_map::RandomState {
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    KEY.get_or_init(Default::default)
 }
 
 impl ParamMap {
     pub fn new() -> ParamMap {
-        ParamMap::default()
+        let mut m = ParamMap::default();
+        m.rehash();
+        m
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -31,6 +55,17 @@ impl ParamMap {
             self.raw.retain(|k| !k.eq_ignore_ascii_case(name));
         }
         self.put(name, value, canonical);
+        self.rehash();
+    }
+
+    /// The contents' hash: equal maps have equal hashes; unequal ones differ
+    /// but with negligible odds.
+    pub fn content_hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn rehash(&mut self) {
+        self.hash = hash_key().hash_one((&self.entries, &self.raw));
     }
 
     /// Sets a value that is SQL text from a client's SET, to be replayed as is.
@@ -39,6 +74,7 @@ impl ParamMap {
         if !self.is_raw(name) {
             self.raw.push(name.to_string());
         }
+        self.rehash();
     }
 
     pub fn is_raw(&self, name: &str) -> bool {
@@ -65,6 +101,7 @@ impl ParamMap {
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         self.raw.retain(|k| !k.eq_ignore_ascii_case(name));
+        self.rehash();
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
