@@ -210,7 +210,7 @@ pub async fn login(
     let defaults = match pool.defaults() {
         Some(d) => d,
         None => match pool.checkout(std::time::Instant::now()).await {
-            Ok(server) => {
+            Ok((server, _)) => {
                 let d = server.defaults.clone();
                 pool.release(server);
                 d

@@ -450,13 +450,15 @@ impl Session {
         self.count_waiting(true);
         let checkout = loop {
             let pool = match target {
-                route::Target::Primary => self.pools.primary.clone(),
-                route::Target::Replica(i) => self.pools.replicas[i].clone(),
+                route::Target::Primary => &self.pools.primary,
+                route::Target::Replica(i) => &self.pools.replicas[i],
             };
+            if !Arc::ptr_eq(pool, &self.pool) {
+                self.pool = pool.clone();
+            }
             // A client killed while it waits ends once it has a server (KILL
             // frees the database's servers): serve() looks first.
-            let result = pool.checkout(waiting_since.into_std()).await;
-            self.pool = pool;
+            let result = self.pool.checkout(waiting_since.into_std()).await;
             match (result, target) {
                 (Err(e @ CheckoutError::Server(_)), route::Target::Replica(i))
                 | (Err(e @ CheckoutError::ConnectTimeout), route::Target::Replica(i)) => {
@@ -467,11 +469,14 @@ impl Session {
             }
         };
         self.count_waiting(false);
-        let attached_at = Instant::now();
+        let (checkout, attached_at) = match checkout {
+            Ok((srv, true)) => (Ok(srv), waiting_since),
+            Ok((srv, false)) => (Ok(srv), Instant::now()),
+            Err(e) => (Err(e), Instant::now()),
+        };
         self.attached_at = Some(attached_at);
         let waited = attached_at - waiting_since;
         self.stats.observe(stats::WAIT, waited);
-        self.stats.totals.wait_time += waited.as_micros() as u64;
         self.stats.totals.server_assignments += 1;
         self.route.target = target;
         let replica = matches!(target, route::Target::Replica(_));
@@ -1517,16 +1522,12 @@ impl Session {
         self.replied_at = Some(now);
         self.stats.totals.queries += 1;
         if let Some(start) = self.query_start.take() {
-            let d = now - start;
-            self.stats.totals.query_time += d.as_micros() as u64;
-            self.stats.observe(stats::QUERY, d);
+            self.stats.observe(stats::QUERY, now - start);
         }
         if tx_status == b'I' {
             self.stats.totals.xacts += 1;
             if let Some(start) = self.xact_start.take() {
-                let d = now - start;
-                self.stats.totals.xact_time += d.as_micros() as u64;
-                self.stats.observe(stats::XACT, d);
+                self.stats.observe(stats::XACT, now - start);
             }
         }
     }
@@ -1711,6 +1712,14 @@ async fn write_staged(
 
 /// Reads more bytes; false on end of stream or error.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    if buf.is_empty() {
+        // Read into the start of the allocation again, not on through it:
+        // otherwise every read lands on cache lines not touched for a while
+        // (64 KiB per server connection), which costs the pooler and, by
+        // eviction, the servers beside it. Asking for one byte more than is
+        // left makes bytes move the start back; it never allocates here.
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(INITIAL_BUFFER);
     }

@@ -99,20 +99,23 @@ const HISTOGRAMS: [(&str, &str); 3] = [
 /// Buckets plus the overflow (+Inf) one.
 const SLOTS: usize = super::BUCKETS.len() + 1;
 
+/// `BUCKETS` in microseconds, so that an observation needs no float.
+const BUCKETS_US: [u64; SLOTS - 1] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
 /// The slot of a duration in microseconds.
 fn slot(us: u64) -> usize {
-    let secs = us as f64 / 1_000_000.0;
-    super::BUCKETS
-        .iter()
-        .position(|b| secs <= *b)
-        .unwrap_or(super::BUCKETS.len())
+    BUCKETS_US.partition_point(|&b| b < us)
 }
 
-/// One histogram's observations since the last flush.
+/// One histogram's observations since the last flush. Its count is the sum
+/// of its slots and its sum is the matching total (`wait_time`,
+/// `query_time`, `xact_time`), so neither is counted twice.
 #[derive(Debug, Default, Clone, Copy)]
 struct LocalHistogram {
     slots: [u32; SLOTS],
-    sum_us: u64,
     count: u32,
 }
 
@@ -128,12 +131,18 @@ pub struct LocalStats {
 }
 
 impl LocalStats {
+    /// Counts a duration in its histogram and adds it to the matching total.
     pub fn observe(&mut self, histogram: usize, d: std::time::Duration) {
         let us = d.as_micros() as u64;
         let h = &mut self.histograms[histogram];
         h.slots[slot(us)] += 1;
-        h.sum_us += us;
         h.count += 1;
+        let total = match histogram {
+            WAIT => &mut self.totals.wait_time,
+            QUERY => &mut self.totals.query_time,
+            _ => &mut self.totals.xact_time,
+        };
+        *total += us;
     }
 
     pub fn route(&mut self, replica: bool, reason: super::RouteReason) {
@@ -159,8 +168,6 @@ struct AtomicTotals {
 #[derive(Default)]
 struct AtomicHistogram {
     slots: [AtomicU64; SLOTS],
-    sum_us: AtomicU64,
-    count: AtomicU64,
 }
 
 /// One worker thread's share of a group's counters. Each thread adds only
@@ -265,8 +272,6 @@ impl GroupStats {
                     sh.slots[i].fetch_add(*n as u64, Relaxed);
                 }
             }
-            sh.sum_us.fetch_add(lh.sum_us, Relaxed);
-            sh.count.fetch_add(lh.count as u64, Relaxed);
             *lh = LocalHistogram::default();
         }
     }
@@ -367,15 +372,20 @@ pub fn render_histograms(groups: &[Arc<GroupStats>]) -> String {
         let _ = writeln!(out, "# TYPE {name} histogram");
         for g in groups {
             let mut slots = [0u64; SLOTS];
-            let (mut sum_us, mut count) = (0u64, 0u64);
+            let mut sum_us = 0u64;
             for s in g.shards.iter() {
                 let a = &s.histograms[h];
                 for (i, n) in a.slots.iter().enumerate() {
                     slots[i] += n.load(Relaxed);
                 }
-                sum_us += a.sum_us.load(Relaxed);
-                count += a.count.load(Relaxed);
+                let t = &s.totals;
+                sum_us += match h {
+                    WAIT => t.wait_time.load(Relaxed),
+                    QUERY => t.query_time.load(Relaxed),
+                    _ => t.xact_time.load(Relaxed),
+                };
             }
+            let count: u64 = slots.iter().sum();
             let labels = format!(
                 "database=\"{}\",user=\"{}\"",
                 escape_label(&g.database),
@@ -444,6 +454,18 @@ mod tests {
         assert_eq!(a.query_time, 20);
         assert_eq!(a.wait_time, 100);
         assert_eq!(Totals::default().averages(Duration::ZERO).xact_time, 0);
+    }
+
+    #[test]
+    fn microsecond_buckets_match_the_published_ones() {
+        for (us, secs) in BUCKETS_US.iter().zip(super::super::BUCKETS) {
+            assert_eq!(*us, (secs * 1_000_000.0).round() as u64);
+        }
+        assert_eq!(slot(0), 0);
+        assert_eq!(slot(100), 0, "le is inclusive");
+        assert_eq!(slot(101), 1);
+        assert_eq!(slot(30_000_000), SLOTS - 2);
+        assert_eq!(slot(30_000_001), SLOTS - 1);
     }
 
     #[test]

@@ -258,21 +258,26 @@ impl ServerPool {
     }
 
     /// Waits (first come, first served) for a server connection; `now` is
-    /// the caller's clock read of this moment.
-    pub async fn checkout(&self, now: Instant) -> Result<PooledServer, CheckoutError> {
+    /// the caller's clock read of this moment. The flag is true when an idle
+    /// connection was there at once, so that `now` is still the time.
+    pub async fn checkout(&self, now: Instant) -> Result<(PooledServer, bool), CheckoutError> {
+        let mut at_once = true;
         loop {
             let mut lease = match self.slots.take(now) {
                 Take::Ready(lease) => lease,
-                Take::Open(place) => return self.open(place).await,
-                Take::Wait(grant) => match grant.await {
-                    Ok(Grant::Ready(lease)) => lease,
-                    Ok(Grant::Open(place)) => return self.open(place).await,
-                    Ok(Grant::TimedOut) => return Err(CheckoutError::WaitTimeout),
-                    Err(_) => return Err(CheckoutError::Closed),
-                },
+                Take::Open(place) => return Ok((self.open(place).await?, false)),
+                Take::Wait(grant) => {
+                    at_once = false;
+                    match grant.await {
+                        Ok(Grant::Ready(lease)) => lease,
+                        Ok(Grant::Open(place)) => return Ok((self.open(place).await?, false)),
+                        Ok(Grant::TimedOut) => return Err(CheckoutError::WaitTimeout),
+                        Err(_) => return Err(CheckoutError::Closed),
+                    }
+                }
             };
             match self.manager.unfit(&mut lease, now) {
-                None => return Ok(lease),
+                None => return Ok((lease, at_once)),
                 Some(why) => {
                     tracing::debug!(server = %lease.peer, "closing an idle server connection: {why}");
                     self.discard(lease);

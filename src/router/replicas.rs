@@ -35,9 +35,17 @@ pub struct DbRouting {
     /// When the last schema change finished: every client's reads then need
     /// a replica that has replayed it (read-your-writes for everyone).
     last_schema_change: Mutex<Option<Instant>>,
+    /// The WAL position `last_schema_change` resolved to, once the primary
+    /// was sampled after it; `UNRESOLVED` until then. Read on every routed
+    /// read, so without the lock and the history search.
+    schema_lsn: AtomicU64,
     /// Lag, lag bytes and ban gauges per replica, registered at first scrape.
     gauges: std::sync::OnceLock<Vec<[metrics::Gauge; 3]>>,
 }
+
+/// `DbRouting::schema_lsn` before the primary was sampled after the last
+/// schema change.
+const UNRESOLVED: u64 = u64::MAX;
 
 /// Held while a client's attachment runs a schema change (DDL); dropping it
 /// dates the change for every client's reads.
@@ -53,9 +61,14 @@ impl SchemaChange {
 impl Drop for SchemaChange {
     fn drop(&mut self) {
         let r = &self.0;
-        *r.last_schema_change
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        {
+            let mut last = r
+                .last_schema_change
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *last = Some(Instant::now());
+            r.schema_lsn.store(UNRESOLVED, Ordering::Release);
+        }
         r.schema_changes.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -97,7 +110,23 @@ impl ReplicaState {
     }
 
     pub fn banned(&self) -> bool {
-        self.banned_until_ms.load(Ordering::Acquire) > self.now_ms()
+        // 0 (never banned, or cleared by a passing check) needs no clock.
+        let until = self.banned_until_ms.load(Ordering::Acquire);
+        until != 0 && until > self.now_ms()
+    }
+
+    /// Forgets a ban that has run out, so that `banned` stops reading the
+    /// clock; a ban set meanwhile stays.
+    fn clear_expired_ban(&self) {
+        let until = self.banned_until_ms.load(Ordering::Acquire);
+        if until != 0 && until <= self.now_ms() {
+            let _ = self.banned_until_ms.compare_exchange(
+                until,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
     }
 
     /// Leaves the replica out for `ban_time`; it comes back after that once a
@@ -170,6 +199,7 @@ impl DbRouting {
             stopped: AtomicBool::new(false),
             schema_changes: AtomicUsize::new(0),
             last_schema_change: Mutex::new(None),
+            schema_lsn: AtomicU64::new(0),
             gauges: std::sync::OnceLock::new(),
             config: config.clone(),
         });
@@ -264,6 +294,7 @@ impl DbRouting {
                 tracing::info!(replica = %r.addr, db = %self.database, lag_ms = lag.as_millis() as u64, lag_bytes, "replica caught up: serving reads again");
             }
         }
+        r.clear_expired_ban();
         if !r.banned() && !r.up.swap(true, Ordering::AcqRel) {
             tracing::info!(replica = %r.addr, db = %self.database, "replica is up");
         }
@@ -293,14 +324,22 @@ impl DbRouting {
         if self.schema_changes.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let last = *self
+        let known = self.schema_lsn.load(Ordering::Acquire);
+        if known != UNRESOLVED {
+            return Some(known);
+        }
+        // Under the lock, so that a newer change cannot be overwritten by the
+        // resolution of an older one.
+        let last = self
             .last_schema_change
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match last {
-            None => Some(0),
-            Some(at) => self.lsn_after(at),
-        }
+        let lsn = match *last {
+            None => 0,
+            Some(at) => self.lsn_after(at)?,
+        };
+        self.schema_lsn.store(lsn, Ordering::Release);
+        Some(lsn)
     }
 
     /// Picks a fit replica that has replayed `min_lsn`, skipping `exclude`.
