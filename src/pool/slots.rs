@@ -424,4 +424,117 @@ mod tests {
         drop(r);
         assert_eq!(s.counts().size, 1);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Take,
+            /// The connect of a place fails instead of filling it.
+            TakeFailingOpen,
+            Return(usize),
+            Close(usize),
+            LeaveQueue(usize),
+            ExpireAll,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => Just(Op::Take),
+                1 => Just(Op::TakeFailingOpen),
+                3 => (0..8usize).prop_map(Op::Return),
+                1 => (0..8usize).prop_map(Op::Close),
+                1 => (0..8usize).prop_map(Op::LeaveQueue),
+                1 => Just(Op::ExpireAll),
+            ]
+        }
+
+        /// Takes what granted waiters were given, oldest first; a waiter
+        /// given nothing yet must not be older than one given something.
+        fn collect(
+            waiting: &mut Vec<oneshot::Receiver<Grant<u32>>>,
+            held: &mut Vec<Lease<u32>>,
+            next: &mut u32,
+        ) -> Result<(), TestCaseError> {
+            let mut still = Vec::new();
+            let mut saw_empty = false;
+            for mut rx in waiting.drain(..) {
+                match rx.try_recv() {
+                    Ok(Grant::Ready(l)) => {
+                        prop_assert!(!saw_empty, "a younger waiter was served first");
+                        held.push(l);
+                    }
+                    Ok(Grant::Open(r)) => {
+                        prop_assert!(!saw_empty, "a younger waiter was served first");
+                        *next += 1;
+                        held.push(r.fill(*next));
+                    }
+                    Ok(Grant::TimedOut) => {}
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        saw_empty = true;
+                        still.push(rx);
+                    }
+                    Err(e) => prop_assert!(false, "waiter dropped by the pool: {e:?}"),
+                }
+            }
+            *waiting = still;
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn places_are_never_lost_or_exceeded(max in 1..4usize, ops in proptest::collection::vec(op(), 1..60)) {
+                let s = Slots::<u32>::new(max);
+                let now = Instant::now();
+                let mut held: Vec<Lease<u32>> = Vec::new();
+                let mut waiting = Vec::new();
+                let mut next = 0u32;
+                for op in ops {
+                    match op {
+                        Op::Take | Op::TakeFailingOpen => match s.take(now) {
+                            Take::Ready(l) => held.push(l),
+                            Take::Open(r) if matches!(op, Op::Take) => {
+                                next += 1;
+                                held.push(r.fill(next));
+                            }
+                            Take::Open(r) => drop(r),
+                            Take::Wait(rx) => waiting.push(rx),
+                        },
+                        Op::Return(i) if !held.is_empty() => drop(held.remove(i % held.len())),
+                        Op::Close(i) if !held.is_empty() => {
+                            held.remove(i % held.len()).detach();
+                        }
+                        Op::LeaveQueue(i) if !waiting.is_empty() => {
+                            drop(waiting.remove(i % waiting.len()));
+                        }
+                        Op::ExpireAll => {
+                            s.expire_waiters(now + std::time::Duration::from_secs(1));
+                        }
+                        _ => {}
+                    }
+                    collect(&mut waiting, &mut held, &mut next)?;
+                    let c = s.counts();
+                    prop_assert!(c.size <= max);
+                    prop_assert!(held.len() + c.idle <= c.size);
+                    prop_assert!(c.idle == 0 || c.waiting == 0, "idle servers while clients wait");
+                    prop_assert_eq!(c.waiting, waiting.len());
+                }
+                drop(waiting);
+                held.clear();
+                let c = s.counts();
+                prop_assert_eq!(c.size, c.idle, "every place came back");
+                // All `max` places can be had again, none by waiting.
+                let mut again = Vec::new();
+                for _ in 0..max {
+                    match s.take(now) {
+                        Take::Ready(l) => again.push(l),
+                        Take::Open(r) => again.push(r.fill(0)),
+                        Take::Wait(_) => prop_assert!(false, "a place was lost"),
+                    }
+                }
+            }
+        }
+    }
 }
