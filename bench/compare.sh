@@ -33,6 +33,9 @@
 #              work the same as plain sluice; "tpcb-like" runs pgbench's default script through
 #              routed sluice with read_your_writes and with eventual
 #              consistency, for the write-latency cost of read-your-writes)
+#   SERVER_SOCKET  how both poolers reach PostgreSQL: tcp (loopback) or unix
+#              (a Unix-domain socket in the run's directory, as a pooler on
+#              the database host would)             (tcp; pgbench always uses TCP)
 #   SLUICE_BIN sluice binary        (<repo>/target/release/sluice)
 #   PG_BIN     PostgreSQL server binaries (/usr/lib/postgresql/15/bin)
 
@@ -53,6 +56,8 @@ SCALE="${SCALE:-10}"
 POOL_SIZE="${POOL_SIZE:-20}"
 WORKERS="${WORKERS:-1}"
 ROUTING="${ROUTING:-1}"
+SERVER_SOCKET="${SERVER_SOCKET:-tcp}"
+[[ $SERVER_SOCKET == tcp || $SERVER_SOCKET == unix ]] || { echo "SERVER_SOCKET must be tcp or unix" >&2; exit 2; }
 TARGETS="sluice sluice-mt direct pgbouncer"
 [[ $ROUTING == 1 ]] && TARGETS="sluice sluice-mt classified routed direct pgbouncer"
 
@@ -155,6 +160,13 @@ trap 'exit 143' TERM
 as_pg() { (cd "$TMP" && runuser -u postgres -- "$@"); }
 
 TMP="$(mktemp -d /tmp/sluice-compare.XXXXXX)"
+# The host both poolers give for PostgreSQL: a directory means its socket.
+SERVER_HOST=127.0.0.1
+SOCKET_DIR=""
+if [[ $SERVER_SOCKET == unix ]]; then
+    SERVER_HOST=$TMP
+    SOCKET_DIR=$TMP
+fi
 chown postgres: "$TMP"
 
 # Random start so two concurrent invocations rarely race for the same port;
@@ -194,7 +206,7 @@ cat >>"$TMP/data/postgresql.conf" <<EOF
 # --- compare.sh ---
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
-unix_socket_directories = ''
+unix_socket_directories = '$SOCKET_DIR'
 max_connections = 300
 # Durability is irrelevant for a disposable cluster and only adds noise.
 fsync = off
@@ -209,6 +221,8 @@ EOF
 # The superuser stays on trust for setup; the benchmark role must really go
 # through SCRAM so every target pays the same authentication cost.
 cat >"$TMP/data/pg_hba.conf" <<EOF
+local all postgres trust
+local all all scram-sha-256
 host all postgres 127.0.0.1/32 trust
 host all all      127.0.0.1/32 scram-sha-256
 host replication postgres 127.0.0.1/32 trust
@@ -287,7 +301,7 @@ enabled = false
 password = "bench"
 
 [databases.bench]
-primary = "127.0.0.1:$PG_PORT"
+primary = "$SERVER_HOST:$PG_PORT"
 EOF
 
 log "starting sluice ($SLUICE_BIN) on port $SLUICE_PORT"
@@ -309,7 +323,7 @@ start_routed() { # name port consistency [replica ports] -> pid in STARTED_PID
     local name=$1 port=$2 consistency=$3 replicas
     shift 3
     [[ $# -gt 0 ]] || set -- "${REPLICA_PORTS[@]}"
-    replicas=$(printf '"127.0.0.1:%s", ' "$@")
+    replicas=$(printf "\"$SERVER_HOST:%s\", " "$@")
     sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$TMP/pooler.toml" >"$TMP/$name.toml"
     printf 'replicas = [%s]\n\n[routing]\nconsistency = "%s"\n' "${replicas%, }" "$consistency" >>"$TMP/$name.toml"
     log "starting $name on port $port"
@@ -334,7 +348,7 @@ chown postgres: "$TMP/userlist.txt"
 chmod 600 "$TMP/userlist.txt"
 cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+bench = host=$SERVER_HOST port=$PG_PORT dbname=bench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -442,7 +456,7 @@ measure() { # round mode target
 }
 
 echo "# sluice vs direct vs pgbouncer — pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pool size $POOL_SIZE"
-echo "# modes: $MODES; rounds: $ROUNDS; order per round: $TARGETS"
+echo "# modes: $MODES; rounds: $ROUNDS; order per round: $TARGETS; poolers reach PostgreSQL over $SERVER_SOCKET"
 echo "# sluice: $SLUICE_BIN ($("$SLUICE_BIN" --version 2>/dev/null || echo '?')), workers = $WORKERS; sluice-mt: workers = 0"
 echo "# pgbouncer: $($PGBOUNCER_BIN --version | head -n1); postgres: $("$PG_BIN/postgres" --version)"
 echo "# host: $(nproc) CPUs, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"

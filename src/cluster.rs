@@ -21,6 +21,9 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Cluster {
     pub dir: PathBuf,
+    /// Where the servers' Unix-domain sockets are (`.s.PGSQL.<port>`): a
+    /// short path of its own, since a socket path is limited to 107 bytes.
+    pub socket_dir: PathBuf,
     pub bin: PathBuf,
     pub primary: Node,
     pub replicas: Vec<Node>,
@@ -137,11 +140,26 @@ impl Cluster {
                 p = d.parent();
             }
         }
+        let port = free_port();
+        let socket_dir = std::env::temp_dir().join(format!("sluice-s{port}"));
+        fs::create_dir_all(&socket_dir)
+            .map_err(|e| format!("create {}: {e}", socket_dir.display()))?;
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&socket_dir);
+                    c
+                },
+                "chown",
+            )?;
+        }
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
+            socket_dir,
             bin: bin.clone(),
             primary: Node {
-                port: free_port(),
+                port,
                 data: dir.join("primary"),
             },
             replicas: Vec::new(),
@@ -163,14 +181,17 @@ impl Cluster {
             .arg(&cluster.primary.data);
         run(initdb, "initdb")?;
         let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nfsync = off\n\
              full_page_writes = off\nmax_connections = 300\nwal_keep_size = '256MB'\n\
              log_min_messages = warning\nlog_line_prefix = '%m [%p] '\n",
-            cluster.primary.port
+            cluster.primary.port,
+            cluster.socket_dir.display()
         );
         append(&cluster.primary.data.join("postgresql.conf"), &conf)?;
-        let hba = "host all postgres 127.0.0.1/32 trust\n\
+        let hba = "local all postgres trust\n\
+                   local all all scram-sha-256\n\
+                   host all postgres 127.0.0.1/32 trust\n\
                    host replication all 127.0.0.1/32 trust\n\
                    host all md5_user 127.0.0.1/32 md5\n\
                    host all trust_user 127.0.0.1/32 trust\n\
@@ -293,6 +314,7 @@ impl Cluster {
             let _ = self.pg_ctl_stop(i);
         }
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(&self.socket_dir);
     }
 
     /// A detached shell that stops the servers once this process is gone.
@@ -303,14 +325,13 @@ impl Cluster {
         } else {
             ""
         };
-        let dir = format!(
-            "'{}'",
-            self.dir.display().to_string().replace('\'', "'\\''")
-        );
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let dir = quote(&self.dir);
+        let sockets = quote(&self.socket_dir);
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
              for d in {dir}/replica* {dir}/primary; do [ -f \"$d/postmaster.pid\" ] && {as_pg}{pg_ctl} -D \"$d\" -m immediate stop >/dev/null 2>&1; done; \
-             rm -rf {dir}",
+             rm -rf {dir} {sockets}",
             pid = std::process::id(),
             pg_ctl = pg_ctl.display(),
         );

@@ -530,3 +530,76 @@ async fn reset_all_does_not_leave_sluice_guessing_parameters() {
     });
     assert_eq!(shown.as_deref(), Some("pg_catalog"));
 }
+
+/// A primary given as a socket directory (`/dir:port`, as libpq reads a host
+/// that starts with `/`) is reached over its Unix-domain socket: queries,
+/// session parameters and cancel all work, and the server sees no TCP peer.
+#[tokio::test]
+async fn primary_over_a_unix_socket() {
+    let c = cluster();
+    let text = config_text(
+        sluice::cluster::free_port(),
+        "default_pool_size = 2",
+        PRIMARY_ONLY,
+    )
+    .replace(
+        &format!("primary = \"127.0.0.1:{}\"", c.primary.port),
+        &format!(
+            "primary = \"{}:{}\"",
+            c.socket_dir.display(),
+            c.primary.port
+        ),
+    );
+    assert!(text.contains(&c.socket_dir.display().to_string()));
+    let cfg = sluice::config::Config::parse(&text, "test").expect("valid test config");
+    let addr = start_in_shared_runtime(cfg).await;
+    let client = connect(addr).await;
+    let row = client
+        .query_one(
+            "SELECT inet_server_port() IS NULL, current_setting('application_name'), $1::int4 + 1",
+            &[&41i32],
+        )
+        .await
+        .expect("query over the Unix socket");
+    assert!(row.get::<_, bool>(0), "the server saw a TCP connection");
+    assert_eq!(row.get::<_, i32>(2), 42);
+    // Cancel reaches the server over the same socket.
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        client
+            .simple_query("SELECT pg_sleep(30) AS over_unix")
+            .await
+    });
+    let watch = connect_primary().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_sleep never showed up as a Unix-socket client"
+        );
+        let running: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND query = 'SELECT pg_sleep(30) AS over_unix' AND client_port = -1",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if running > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let err = sleeper
+        .await
+        .expect("join")
+        .expect_err("pg_sleep was cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

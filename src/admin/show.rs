@@ -239,7 +239,7 @@ fn servers(app: &App) -> Table {
                     (&g.database).into(),
                     "none".into(),
                     state.into(),
-                    s.peer.ip().to_string().into(),
+                    s.peer.host().into(),
                     s.peer.port().into(),
                     s.local.map(|a| a.ip().to_string()).into(),
                     s.local.map(|a| a.port()).into(),

@@ -4,16 +4,16 @@
 
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+
+use crate::server::ServerAddr;
 
 /// The server a client is attached to, as a cancel needs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerKey {
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     pub pid: i32,
     pub secret: i32,
 }
@@ -39,7 +39,10 @@ impl CancelSlot {
     }
 
     fn current(&self) -> Option<ServerKey> {
-        *self.server.lock().unwrap_or_else(|e| e.into_inner())
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -91,14 +94,14 @@ impl CancelRegistry {
             return;
         }
         let Some(server) = slot.current() else { return };
-        if let Err(e) = send_cancel(server).await {
+        if let Err(e) = send_cancel(&server).await {
             tracing::warn!(server = %server.addr, "cancel request failed: {e}");
         }
     }
 }
 
-async fn send_cancel(key: ServerKey) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(key.addr).await?;
+async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {
+    let mut stream = key.addr.connect().await?;
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     stream.write_all(&buf).await?;

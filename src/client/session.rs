@@ -532,7 +532,7 @@ impl Session {
             }
         }
         self.cancel.attach(ServerKey {
-            addr: srv.peer,
+            addr: srv.peer.clone(),
             pid: srv.pid,
             secret: srv.secret,
         });
@@ -1693,7 +1693,7 @@ fn drops_all_state(sql: &[u8]) -> (bool, bool) {
 /// Writes `staged` followed by `raw` in one write: straight from the read
 /// buffer when nothing is staged (the common case, no copy), else appended.
 async fn write_staged(
-    stream: &mut TcpStream,
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     staged: &mut BytesMut,
     raw: &[u8],
 ) -> std::io::Result<()> {
@@ -1711,7 +1711,7 @@ async fn write_staged(
 }
 
 /// Reads more bytes; false on end of stream or error.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+async fn read_more(stream: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut BytesMut) -> bool {
     if buf.is_empty() {
         // Read into the start of the allocation again, not on through it:
         // otherwise every read lands on cache lines not touched for a while

@@ -69,10 +69,10 @@ impl ServerManager {
         let mut conn = ServerConn::connect(&self.target, self.keepalive).await?;
         drop(counted);
         tracing::debug!(server = %conn.peer, pid = conn.pid, db = %self.target.dbname, "new server connection");
-        let local = conn.stream.local_addr().ok();
+        let local = conn.stream.local_addr();
         let info = Arc::new(ServerInfo::new(
             conn.id,
-            conn.peer,
+            conn.peer.clone(),
             local,
             conn.pid,
             self.current_epoch(),

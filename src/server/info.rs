@@ -14,7 +14,7 @@ pub const USED: u8 = 2;
 #[derive(Debug)]
 pub struct ServerInfo {
     pub id: u64,
-    pub peer: SocketAddr,
+    pub peer: super::ServerAddr,
     pub local: Option<SocketAddr>,
     pub pid: i32,
     /// Milliseconds since the Unix epoch.
@@ -51,7 +51,13 @@ pub fn ms_at(at: std::time::Instant) -> u64 {
 }
 
 impl ServerInfo {
-    pub fn new(id: u64, peer: SocketAddr, local: Option<SocketAddr>, pid: i32, epoch: u64) -> Self {
+    pub fn new(
+        id: u64,
+        peer: super::ServerAddr,
+        local: Option<SocketAddr>,
+        pid: i32,
+        epoch: u64,
+    ) -> Self {
         let now = now_ms();
         ServerInfo {
             id,

@@ -5,13 +5,15 @@ pub mod info;
 pub mod owed;
 pub mod params;
 pub mod prepared;
+pub mod stream;
 
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+pub use stream::{ServerAddr, ServerStream};
 
 use crate::auth::server::{login, ServerAuthError};
 use crate::auth::Secret;
@@ -92,10 +94,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct ServerConn {
     pub id: u64,
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub rbuf: BytesMut,
     pub scanner: FrameScanner,
-    pub peer: SocketAddr,
+    pub peer: ServerAddr,
     /// The server's own cancel key.
     pub pid: i32,
     pub secret: i32,
@@ -134,21 +136,27 @@ impl ServerConn {
         target: &ServerTarget,
         keepalive: bool,
     ) -> Result<ServerConn, ServerError> {
-        let stream =
-            TcpStream::connect(&target.addr)
-                .await
-                .map_err(|source| ServerError::Connect {
-                    addr: target.addr.clone(),
-                    source,
-                })?;
-        stream.set_nodelay(true)?;
-        if keepalive {
-            let ka = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(10));
-            socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
-        }
-        let peer = stream.peer_addr()?;
+        let connect_error = |source| ServerError::Connect {
+            addr: target.addr.clone(),
+            source,
+        };
+        let (stream, peer) = match ServerAddr::unix_of(&target.addr) {
+            Some(unix) => (unix.connect().await.map_err(connect_error)?, unix),
+            None => {
+                let tcp = TcpStream::connect(&target.addr)
+                    .await
+                    .map_err(connect_error)?;
+                tcp.set_nodelay(true)?;
+                if keepalive {
+                    let ka = socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(60))
+                        .with_interval(Duration::from_secs(10));
+                    socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka)?;
+                }
+                let peer = ServerAddr::Tcp(tcp.peer_addr()?);
+                (ServerStream::Tcp(tcp), peer)
+            }
+        };
         let mut conn = ServerConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             stream,
