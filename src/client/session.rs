@@ -470,8 +470,7 @@ impl Session {
         };
         self.count_waiting(false);
         let (checkout, attached_at) = match checkout {
-            Ok((srv, true)) => (Ok(srv), waiting_since),
-            Ok((srv, false)) => (Ok(srv), Instant::now()),
+            Ok((srv, at)) => (Ok(srv), Instant::from_std(at)),
             Err(e) => (Err(e), Instant::now()),
         };
         self.attached_at = Some(attached_at);

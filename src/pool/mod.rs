@@ -258,26 +258,30 @@ impl ServerPool {
     }
 
     /// Waits (first come, first served) for a server connection; `now` is
-    /// the caller's clock read of this moment. The flag is true when an idle
-    /// connection was there at once, so that `now` is still the time.
-    pub async fn checkout(&self, now: Instant) -> Result<(PooledServer, bool), CheckoutError> {
-        let mut at_once = true;
+    /// the caller's clock read of this moment. Returns the server and the
+    /// time it was had: `now` itself when an idle one was there at once.
+    pub async fn checkout(&self, now: Instant) -> Result<(PooledServer, Instant), CheckoutError> {
+        let mut waited = false;
         loop {
             let mut lease = match self.slots.take(now) {
                 Take::Ready(lease) => lease,
-                Take::Open(place) => return Ok((self.open(place).await?, false)),
+                Take::Open(place) => return Ok((self.open(place).await?, Instant::now())),
                 Take::Wait(grant) => {
-                    at_once = false;
+                    waited = true;
                     match grant.await {
                         Ok(Grant::Ready(lease)) => lease,
-                        Ok(Grant::Open(place)) => return Ok((self.open(place).await?, false)),
+                        Ok(Grant::Open(place)) => {
+                            return Ok((self.open(place).await?, Instant::now()))
+                        }
                         Ok(Grant::TimedOut) => return Err(CheckoutError::WaitTimeout),
                         Err(_) => return Err(CheckoutError::Closed),
                     }
                 }
             };
-            match self.manager.unfit(&mut lease, now) {
-                None => return Ok((lease, at_once)),
+            // A waiter's own clock read is from before its wait.
+            let had_at = if waited { Instant::now() } else { now };
+            match self.manager.unfit(&mut lease, had_at) {
+                None => return Ok((lease, had_at)),
                 Some(why) => {
                     tracing::debug!(server = %lease.peer, "closing an idle server connection: {why}");
                     self.discard(lease);
