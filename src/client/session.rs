@@ -515,12 +515,7 @@ impl Session {
                 return Err(self.close(code, &msg).await);
             }
         };
-        let in_line = (
-            self.wanted.content_hash(),
-            self.reported.content_hash(),
-            srv.overrides.content_hash(),
-        );
-        if srv.params_in_line != Some(in_line) {
+        if srv.params_in_line != Some(self.params_key(&srv.overrides)) {
             if let Err(exit) = self.bring_in_line(&mut srv).await {
                 if srv.broken {
                     self.pool.discard(srv);
@@ -592,12 +587,19 @@ impl Session {
                 return Err(Exit::Gone);
             }
         }
-        srv.params_in_line = Some((
+        srv.params_in_line = Some(self.params_key(&srv.overrides));
+        Ok(())
+    }
+
+    /// What a server remembers of the settings it was brought in line with:
+    /// the content hashes of this client's wanted and reported parameters and
+    /// of the server's overrides.
+    fn params_key(&self, overrides: &ParamMap) -> (u64, u64, u64) {
+        (
             self.wanted.content_hash(),
             self.reported.content_hash(),
-            srv.overrides.content_hash(),
-        ));
-        Ok(())
+            overrides.content_hash(),
+        )
     }
 
     /// Counts this client in its pools' waiting clients, or stops counting it.

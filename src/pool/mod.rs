@@ -124,7 +124,7 @@ impl ServerManager {
     }
 }
 
-/// One pool: its key, its mode and the deadpool behind it.
+/// One pool: its key, its mode and the handoff pool behind it.
 pub struct ServerPool {
     pub database: String,
     pub user: String,

@@ -166,46 +166,40 @@ impl<T> Slots<T> {
     /// A connection comes back: to the longest waiter still waiting, else to
     /// the idle stack.
     fn put(self: &Arc<Self>, value: T) {
-        let mut value = value;
-        loop {
-            let waiter = {
-                let mut st = self.lock();
-                match st.waiters.pop_front() {
-                    Some(w) => w,
-                    None => {
-                        st.idle.push(value);
-                        return;
-                    }
-                }
-            };
-            match waiter.tx.send(Grant::Ready(self.lease(value))) {
-                Ok(()) => return,
-                // That waiter gave up: try the next.
-                Err(Grant::Ready(mut lease)) => value = lease.disarm(),
-                Err(_) => unreachable!("send returns what it was given"),
+        self.pass_on(Grant::Ready(self.lease(value)), |st, unsent| {
+            if let Grant::Ready(mut lease) = unsent {
+                st.idle.push(lease.disarm());
             }
-        }
+        });
     }
 
     /// A connection (or a place for one) is gone for good: its place goes to
-    /// the longest waiter, who opens a new one.
+    /// the longest waiter, who opens a new one; with nobody waiting the size
+    /// shrinks.
     fn closed_one(self: &Arc<Self>) {
+        self.pass_on(Grant::Open(self.reservation()), |st, unsent| {
+            if let Grant::Open(mut place) = unsent {
+                place.armed = false;
+                st.size = st.size.saturating_sub(1);
+            }
+        });
+    }
+
+    /// Gives `grant` to the longest waiter still waiting (a waiter that gave
+    /// up hands it back, and the next is tried); with nobody waiting,
+    /// `otherwise` takes it back under the lock.
+    fn pass_on(&self, mut grant: Grant<T>, otherwise: impl FnOnce(&mut State<T>, Grant<T>)) {
         loop {
             let waiter = {
                 let mut st = self.lock();
                 match st.waiters.pop_front() {
-                    // The place passes on: the size stays.
                     Some(w) => w,
-                    None => {
-                        st.size = st.size.saturating_sub(1);
-                        return;
-                    }
+                    None => return otherwise(&mut st, grant),
                 }
             };
-            match waiter.tx.send(Grant::Open(self.reservation())) {
+            match waiter.tx.send(grant) {
                 Ok(()) => return,
-                Err(Grant::Open(mut r)) => r.armed = false,
-                Err(_) => unreachable!("send returns what it was given"),
+                Err(unsent) => grant = unsent,
             }
         }
     }
