@@ -53,6 +53,45 @@ async fn cancel_of_an_idle_client_is_a_no_op() {
 }
 
 #[tokio::test]
+async fn cancel_reaches_the_running_query_in_session_mode() {
+    let addr = pooler("pool_mode = \"session\"").await;
+    let c = connect(addr).await;
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .expect("the cancel reached the query")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("57014"));
+}
+
+/// A cancel is for the query running when it comes: one that comes between
+/// queries (in transaction mode and in session mode, where the server stays
+/// attached) must not stop the client's next query.
+#[tokio::test]
+async fn a_cancel_between_queries_does_not_stop_the_next_one() {
+    for mode in ["transaction", "session"] {
+        let addr = pooler(&format!("pool_mode = \"{mode}\"")).await;
+        let c = connect(addr).await;
+        c.simple_query("SELECT 1").await.unwrap();
+        c.cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        // Give the cancel time to reach the session before the next query.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The notice reaches the pooler at once, while the sleep runs: a
+        // cancel still pending then would stop it.
+        c.simple_query("DO $$ BEGIN RAISE NOTICE 'started'; PERFORM pg_sleep(0.3); END $$")
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: the next query was cancelled: {e}"));
+    }
+}
+
+#[tokio::test]
 async fn a_wrong_cancel_key_does_nothing() {
     let addr = pooler("").await;
     let c = connect(addr).await;

@@ -1,6 +1,12 @@
 //! Cancel keys. Each client gets its own random BackendKeyData; a CancelRequest
-//! with that key is sent on to the server running the client's query, with that
-//! server's key.
+//! with that key marks the client (`ClientInfo::request_cancel`) and wakes its
+//! session, which sends the cancel on to the server running its query, with
+//! that server's key.
+//!
+//! The session resolves the server itself, at cancel time, rather than
+//! publishing the server's key on every checkout: that was a mutex and a key
+//! copy twice per transaction, for a request that comes seldom. It also means
+//! a cancel can only ever reach the server the client is attached to.
 
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -22,27 +28,11 @@ pub struct ServerKey {
 pub struct CancelSlot {
     pub pid: i32,
     secret: i32,
-    server: Mutex<Option<ServerKey>>,
 }
 
 impl CancelSlot {
     pub fn secret(&self) -> i32 {
         self.secret
-    }
-
-    pub fn attach(&self, key: ServerKey) {
-        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
-    }
-
-    pub fn detach(&self) {
-        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    fn current(&self) -> Option<ServerKey> {
-        self.server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 
@@ -65,7 +55,6 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 pid,
                 secret: rng.random(),
-                server: Mutex::new(None),
             });
             slots.insert(pid, slot.clone());
             return slot;
@@ -79,25 +68,32 @@ impl CancelRegistry {
             .remove(&pid);
     }
 
-    /// Forwards a cancel to the server now serving the client with this key.
-    /// A wrong key or an idle client is a silent no-op, as in PostgreSQL.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    /// Whether this is a client's key (the caller then marks that client). A
+    /// wrong key is a silent no-op, as in PostgreSQL.
+    pub fn matches(&self, pid: i32, secret: i32) -> bool {
         let slot = self
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&pid)
             .cloned();
-        let Some(slot) = slot else { return };
+        let Some(slot) = slot else { return false };
         if !bool::from(slot.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
             tracing::warn!(pid, "cancel request with a wrong secret key");
-            return;
+            return false;
         }
-        let Some(server) = slot.current() else { return };
-        if let Err(e) = send_cancel(&server).await {
-            tracing::warn!(server = %server.addr, "cancel request failed: {e}");
-        }
+        true
     }
+}
+
+/// Sends a CancelRequest for `key`, in its own task: the session goes on
+/// waiting for its server's answer.
+pub fn spawn_cancel(key: ServerKey) {
+    tokio::spawn(async move {
+        if let Err(e) = send_cancel(&key).await {
+            tracing::warn!(server = %key.addr, "cancel request failed: {e}");
+        }
+    });
 }
 
 async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {

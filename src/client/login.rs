@@ -83,7 +83,11 @@ pub async fn login(
                     .map_err(|e| LoginEnd::Refused(e.to_string()))?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
-                app.cancels.cancel(pid, secret).await;
+                if app.cancels.matches(pid, secret) {
+                    if let Some(client) = app.clients.get(pid) {
+                        client.request_cancel();
+                    }
+                }
                 return Err(LoginEnd::Cancel);
             }
             Ok(StartupPacket::Unsupported { major, minor }) => {

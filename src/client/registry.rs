@@ -35,6 +35,10 @@ pub struct ClientInfo {
     pub prepared: AtomicUsize,
     /// Set by KILL: the session ends at once.
     pub killed: AtomicBool,
+    /// A CancelRequest with the client's key came and the session has not
+    /// taken it yet. Here rather than beside the key: the session looks at
+    /// it on every request, and this struct's lines are warm then anyway.
+    cancel: AtomicBool,
     /// Woken when the session must look at the operator's controls (pause,
     /// kill, drain, reload). One per session, so a shared channel's lock is
     /// not taken by every session on every request.
@@ -64,6 +68,7 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             prepared: AtomicUsize::new(0),
             killed: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
             wake: Wake::default(),
         }
     }
@@ -78,6 +83,20 @@ impl ClientInfo {
     pub fn linked(&self, server: u64) {
         self.server.store(server, Relaxed);
         self.state.store(ACTIVE, Relaxed);
+    }
+
+    /// Asks the session to cancel the query it runs now, if it runs one.
+    pub fn request_cancel(&self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Takes the cancel asked for since the last take, if one was.
+    pub fn take_cancel(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        // A plain load first: almost always nothing was asked.
+        self.cancel.load(Relaxed) && self.cancel.swap(false, AcqRel)
     }
 
     pub fn unlinked(&self) {
@@ -112,6 +131,11 @@ impl ClientRegistry {
     pub fn remove(&self, id: i32) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&id);
+    }
+
+    pub fn get(&self, id: i32) -> Option<Arc<ClientInfo>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id).cloned()
     }
 
     /// Every logged-in client, oldest first.
@@ -164,7 +188,9 @@ impl std::fmt::Debug for Wake {
     }
 }
 
-/// The future of [`Wake::notified`].
+/// The future of [`Wake::notified`]. Unlike most futures it may be polled
+/// again after it completed: it then waits for the next `notify_one`, so one
+/// can serve a whole session.
 pub struct Notified<'a>(&'a Wake);
 
 impl std::future::Future for Notified<'_> {

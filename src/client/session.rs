@@ -15,9 +15,10 @@ use tokio::time::Instant;
 
 mod route;
 
-use super::cancel::{CancelSlot, ServerKey};
+use super::cancel::{spawn_cancel, CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
 use super::registry::ClientInfo;
+use super::registry::Notified;
 use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;
@@ -59,6 +60,8 @@ enum Served {
 /// Client read buffers above this are shrunk back once empty.
 const MAX_IDLE_BUFFER: usize = 256 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
+/// How far reads may walk into an empty buffer before they go back to its start.
+const RECLAIM_AFTER: usize = 1024;
 
 pub struct Session {
     app: Arc<App>,
@@ -204,11 +207,14 @@ impl Session {
 
     pub async fn run(mut self) -> Exit {
         let mut server: Option<PooledServer> = None;
+        // One wake-up future for the whole session, not one per request.
+        let info = self.info.clone();
+        let mut wake = info.wake.notified();
         let exit = loop {
             let srv = match server.as_mut() {
                 Some(s) => s,
                 None => {
-                    if let Err(exit) = self.wait_for_request().await {
+                    if let Err(exit) = self.wait_for_request(&mut wake).await {
                         break exit;
                     }
                     if self.pools.is_retired() {
@@ -234,7 +240,7 @@ impl Session {
                     }
                 }
             };
-            match self.serve(srv).await {
+            match self.serve(srv, &mut wake).await {
                 Served::Release => {
                     if let Some(s) = server.take() {
                         self.detach(s).await;
@@ -243,7 +249,6 @@ impl Session {
                 }
                 Served::Retry => {
                     if let Some(s) = server.take() {
-                        self.cancel.detach();
                         if s.is_clean() {
                             self.pool.release(s);
                         } else {
@@ -307,7 +312,7 @@ impl Session {
 
     /// Waits until the client has sent the start of a request; handles
     /// Terminate and client_idle_timeout while no server is attached.
-    async fn wait_for_request(&mut self) -> Result<(), Exit> {
+    async fn wait_for_request(&mut self, wake: &mut Notified<'_>) -> Result<(), Exit> {
         let in_transaction = self.route.held_begin.is_some();
         let idle_limit = {
             let p = &self.app.config_ref().pooler;
@@ -317,11 +322,9 @@ impl Session {
                 p.client_idle_timeout.enabled()
             }
         };
-        // Registered once for the whole wait, not once per read.
-        let info = self.info.clone();
-        let wake = info.wake.notified();
-        tokio::pin!(wake);
         loop {
+            // No query runs: a cancel now is a no-op, as in PostgreSQL.
+            self.info.take_cancel();
             if let Some(why) = self.ended_by_control(!in_transaction) {
                 return Err(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
             }
@@ -349,12 +352,12 @@ impl Session {
             // of every pass anyway.
             tokio::select! {
                 biased;
-                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                r = read_more(&mut self.stream, &mut self.rbuf, INITIAL_BUFFER) => {
                     if !r {
                         return Err(Exit::Gone);
                     }
                 }
-                _ = &mut wake => wake.set(info.wake.notified()),
+                _ = &mut *wake => {}
                 _ = sleep_opt(deadline) => {
                     if in_transaction {
                         return Err(self.close(sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -525,11 +528,8 @@ impl Session {
                 return Err(exit);
             }
         }
-        self.cancel.attach(ServerKey {
-            addr: srv.peer.clone(),
-            pid: srv.pid,
-            secret: srv.secret,
-        });
+        // A cancel that came while the client waited had no query to stop.
+        self.info.take_cancel();
         self.info.linked(srv.id);
         if let Some(i) = &srv.info {
             let at = self.attached_at.unwrap_or_else(Instant::now);
@@ -624,7 +624,7 @@ impl Session {
             }
             tokio::select! {
                 _ = self.info.wake.notified() => {}
-                r = read_more(&mut self.stream, &mut self.rbuf) => {
+                r = read_more(&mut self.stream, &mut self.rbuf, INITIAL_BUFFER) => {
                     if !r {
                         break Err(Some(Exit::Gone));
                     }
@@ -645,7 +645,6 @@ impl Session {
     }
 
     async fn detach(&mut self, mut srv: PooledServer) {
-        self.cancel.detach();
         self.info.unlinked();
         self.on_release();
         if self.pool.reset_always && srv.is_clean() {
@@ -694,7 +693,6 @@ impl Session {
     /// left open, reset in session mode, or close the server when its state is
     /// unknown (a query still running, replies still owed).
     async fn cleanup(&mut self, mut srv: PooledServer) {
-        self.cancel.detach();
         self.info.unlinked();
         self.flush_stats();
         if self.info.killed.load(std::sync::atomic::Ordering::Acquire) {
@@ -733,7 +731,7 @@ impl Session {
 
     /// Shuttles frames between client and server until the server can be
     /// released or the session ends.
-    async fn serve(&mut self, srv: &mut ServerConn) -> Served {
+    async fn serve(&mut self, srv: &mut ServerConn, wake: &mut Notified<'_>) -> Served {
         let (idle_tx_limit, idle_limit) = {
             let p = &self.app.config_ref().pooler;
             (
@@ -741,10 +739,15 @@ impl Session {
                 p.client_idle_timeout.enabled(),
             )
         };
-        let info = self.info.clone();
-        let wake = info.wake.notified();
-        tokio::pin!(wake);
         loop {
+            if self.info.take_cancel() && !srv.owed.is_empty() {
+                // The client's query runs on this server: cancel it there.
+                spawn_cancel(ServerKey {
+                    addr: srv.peer.clone(),
+                    pid: srv.pid,
+                    secret: srv.secret,
+                });
+            }
             let between = srv.owed.is_empty() && srv.tx_status == b'I' && self.rbuf.is_empty();
             if let Some(why) = self.ended_by_control(between) {
                 return Served::Exit(self.close(sqlstate::ADMIN_SHUTDOWN, why).await);
@@ -769,7 +772,7 @@ impl Session {
             // Biased, as in wait_for_request: the server's replies first.
             tokio::select! {
                 biased;
-                r = read_more(&mut srv.stream, &mut srv.rbuf) => {
+                r = read_more(&mut srv.stream, &mut srv.rbuf, crate::server::READ_BUF) => {
                     if !r {
                         srv.broken = true;
                         if self.route.retry.armed {
@@ -792,12 +795,12 @@ impl Session {
                         Err(exit) => return Served::Exit(exit),
                     }
                 }
-                r = read_more(&mut self.stream, &mut self.rbuf), if !holding_back => {
+                r = read_more(&mut self.stream, &mut self.rbuf, INITIAL_BUFFER), if !holding_back => {
                     if !r {
                         return Served::Exit(Exit::Gone);
                     }
                 }
-                _ = &mut wake => wake.set(info.wake.notified()),
+                _ = &mut *wake => {}
                 _ = sleep_opt(deadline) => {
                     let exit = if srv.tx_status == b'I' {
                         self.close(sqlstate::IDLE_SESSION_TIMEOUT,
@@ -1711,14 +1714,21 @@ async fn write_staged(
     result
 }
 
-/// Reads more bytes; false on end of stream or error.
-async fn read_more(stream: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut BytesMut) -> bool {
-    if buf.is_empty() {
-        // Read into the start of the allocation again, not on through it:
-        // otherwise every read lands on cache lines not touched for a while
-        // (64 KiB per server connection), which costs the pooler and, by
-        // eviction, the servers beside it. Asking for one byte more than is
-        // left makes bytes move the start back; it never allocates here.
+/// Reads more bytes; false on end of stream or error. `nominal` is the size
+/// the buffer was made with.
+async fn read_more(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    nominal: usize,
+) -> bool {
+    if buf.is_empty() && buf.capacity() + RECLAIM_AFTER <= nominal {
+        // Read into the start of the allocation again once reads have walked
+        // a little way through it, not on through all of it: otherwise every
+        // read lands on cache lines not touched for a while (64 KiB per
+        // server connection), which costs the pooler and, by eviction, the
+        // servers beside it. Not on every read: the check is a call into
+        // bytes. Asking for one byte more than is left makes bytes move the
+        // start back; it never allocates here.
         let _ = buf.try_reclaim(buf.capacity() + 1);
     }
     if buf.capacity() - buf.len() < 1024 {

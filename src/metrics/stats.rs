@@ -183,14 +183,34 @@ struct Shard {
 }
 
 const SHARDS: usize = 8;
+/// The shard every thread past the first `SHARDS - 1` shares.
+const SHARED_SHARD: usize = SHARDS - 1;
 
-/// This thread's shard index, given out round robin.
-fn shard_index() -> usize {
+/// This thread's shard, and whether the thread owns it. The first threads to
+/// flush (the runtime's workers) each own a shard and are its only writer, so
+/// they add with a plain load and store; any later thread shares the last
+/// shard and adds atomically.
+fn shard_index() -> (usize, bool) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+        static INDEX: (usize, bool) = {
+            let n = NEXT.fetch_add(1, Relaxed);
+            if n < SHARED_SHARD { (n, true) } else { (SHARED_SHARD, false) }
+        };
     }
     INDEX.with(|i| *i)
+}
+
+/// Adds `v` to a shard's counter: the owner needs no read-modify-write (a
+/// locked instruction per counter per transaction), readers still see
+/// whole values.
+#[inline]
+fn add_to(c: &AtomicU64, v: u64, owned: bool) {
+    if owned {
+        c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+    } else {
+        c.fetch_add(v, Relaxed);
+    }
 }
 
 pub struct GroupStats {
@@ -237,11 +257,12 @@ impl GroupStats {
     /// Adds what a session counted to this thread's shard and clears it.
     pub fn flush(&self, local: &mut LocalStats) {
         let t = std::mem::take(&mut local.totals);
-        let shard = &self.shards[shard_index()];
+        let (index, owned) = shard_index();
+        let shard = &self.shards[index];
         let a = &shard.totals;
         let add = |c: &AtomicU64, v: u64| {
             if v != 0 {
-                c.fetch_add(v, Relaxed);
+                add_to(c, v, owned);
             }
         };
         add(&a.server_assignments, t.server_assignments);
@@ -258,7 +279,7 @@ impl GroupStats {
         for (r, row) in local.routes.iter_mut().enumerate() {
             for (i, n) in row.iter_mut().enumerate() {
                 if *n != 0 {
-                    shard.routes[r][i].fetch_add(std::mem::take(n) as u64, Relaxed);
+                    add_to(&shard.routes[r][i], std::mem::take(n) as u64, owned);
                 }
             }
         }
@@ -269,7 +290,7 @@ impl GroupStats {
             let sh = &shard.histograms[h];
             for (i, n) in lh.slots.iter().enumerate() {
                 if *n != 0 {
-                    sh.slots[i].fetch_add(*n as u64, Relaxed);
+                    add_to(&sh.slots[i], *n as u64, owned);
                 }
             }
             *lh = LocalHistogram::default();
@@ -279,8 +300,14 @@ impl GroupStats {
     /// Changes the waiting count at once (not at the next flush): SHOW
     /// POOLS and the gauge must see a client that waits now.
     pub fn set_waiting(&self, on: bool) {
-        let w = &self.shards[shard_index()].waiting;
-        w.fetch_add(if on { 1 } else { -1 }, Relaxed);
+        let (index, owned) = shard_index();
+        let w = &self.shards[index].waiting;
+        let d = if on { 1 } else { -1 };
+        if owned {
+            w.store(w.load(Relaxed) + d, Relaxed);
+        } else {
+            w.fetch_add(d, Relaxed);
+        }
     }
 
     /// Clients waiting for a server now.

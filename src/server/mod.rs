@@ -86,7 +86,7 @@ fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
 }
 
 /// Size of a server connection's read buffer.
-const READ_BUF: usize = 64 * 1024;
+pub const READ_BUF: usize = 64 * 1024;
 /// Largest non-bulk message accepted from a server.
 const MAX_SERVER_MESSAGE: usize = 256 * 1024 * 1024;
 
