@@ -857,17 +857,23 @@ impl Session {
                         .await);
                 }
             };
+            // Whether a Query or Parse may be one of the statements the pooler
+            // looks at (a schema change, LISTEN, PREPARE, DISCARD ALL, ...):
+            // each of those is told by its first keyword, so one look at it
+            // spares the common SELECT all the other tests.
+            let mut special = false;
             if let Piece::Frame { tag, len } = piece {
                 // The end of a unit: on a replica, the next one is routed anew.
                 self.route.unit_sent |= matches!(tag, tag::QUERY | tag::SYNC);
-                if matches!(tag, tag::QUERY | tag::PARSE) && self.watches_schema_changes() {
+                if matches!(tag, tag::QUERY | tag::PARSE) {
                     let body = &self.rbuf[pos + HEADER_LEN..pos + len];
                     let sql = if tag == tag::PARSE {
                         read_cstr(body).map_or(&[][..], |(_, rest)| rest)
                     } else {
                         body
                     };
-                    if route::changes_schema(sql) {
+                    special = !crate::router::first_keyword(sql).eq_ignore_ascii_case(b"SELECT");
+                    if special && self.watches_schema_changes() && route::changes_schema(sql) {
                         self.note_schema_change(route::changes_result_shapes(sql));
                     }
                 }
@@ -886,7 +892,9 @@ impl Session {
                         return Err(Exit::Quit);
                     }
                     tag::QUERY | tag::PARSE
-                        if self.refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) =>
+                        if special
+                            && self
+                                .refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) =>
                     {
                         self.to_server.extend_from_slice(&self.rbuf[flushed..pos]);
                         let rewritten =
@@ -906,14 +914,15 @@ impl Session {
                         flushed = pos;
                     }
                     tag::QUERY
-                        if self.map_statements
+                        if special
+                            && self.map_statements
                             && self.map_sql_statement(srv, flushed, pos, len) =>
                     {
                         pos += len;
                         flushed = pos;
                     }
                     tag::QUERY => {
-                        if self.mode != PoolMode::Session {
+                        if special && self.mode != PoolMode::Session {
                             self.forget_on_deallocate_all(srv, pos, len);
                         }
                         srv.owed.on_client(tag);
