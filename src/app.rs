@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -55,6 +55,11 @@ pub struct App {
     /// The accept loops, stopped when a drain begins.
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) http_addr: Mutex<Option<SocketAddr>>,
+    /// idle_transaction_timeout and client_idle_timeout in nanoseconds (0:
+    /// off), copied out of the config on every apply: a session reads them
+    /// twice per transaction, and two relaxed loads are cheaper than two
+    /// `ArcSwap` loads.
+    idle_limits: [AtomicU64; 2],
 }
 
 impl App {
@@ -66,7 +71,9 @@ impl App {
         metrics
             .max_client_conn
             .set(config.pooler.max_client_conn as f64);
+        let idle_limits = idle_limits_of(&config).map(AtomicU64::new);
         Arc::new(App {
+            idle_limits,
             config: ArcSwap::from_pointee(config),
             credentials: ArcSwap::from_pointee(credentials),
             pools: Arc::new(Pools::new(metrics.clone())),
@@ -99,6 +106,15 @@ impl App {
     /// no shared reference count is touched. Not to be held across awaits.
     pub fn config_ref(&self) -> arc_swap::Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// (idle_transaction_timeout, client_idle_timeout), each `None` when off.
+    pub fn idle_limits(&self) -> (Option<Duration>, Option<Duration>) {
+        let get = |i: usize| match self.idle_limits[i].load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        };
+        (get(0), get(1))
     }
 
     pub fn credentials(&self, user: &str) -> Option<Credentials> {
@@ -371,6 +387,9 @@ impl App {
             .set(new.pooler.max_client_conn as f64);
         let new = Arc::new(new);
         self.config.store(new.clone());
+        for (slot, v) in self.idle_limits.iter().zip(idle_limits_of(&new)) {
+            slot.store(v, Ordering::Relaxed);
+        }
         let replaced = self.pools.reload(&old, &new);
         self.metrics.reloads_ok.increment(1);
         self.poke();
@@ -406,4 +425,12 @@ fn build_credentials(cfg: &Config) -> HashMap<String, Credentials> {
             (name.clone(), Credentials::new(method, secret))
         })
         .collect()
+}
+
+fn idle_limits_of(config: &Config) -> [u64; 2] {
+    let ns = |d: Option<Duration>| d.map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
+    [
+        ns(config.pooler.idle_transaction_timeout.enabled()),
+        ns(config.pooler.client_idle_timeout.enabled()),
+    ]
 }

@@ -315,11 +315,11 @@ impl Session {
     async fn wait_for_request(&mut self, wake: &mut Notified<'_>) -> Result<(), Exit> {
         let in_transaction = self.route.held_begin.is_some();
         let idle_limit = {
-            let p = &self.app.config_ref().pooler;
+            let (idle_tx, idle) = self.app.idle_limits();
             if in_transaction {
-                p.idle_transaction_timeout.enabled()
+                idle_tx
             } else {
-                p.client_idle_timeout.enabled()
+                idle
             }
         };
         loop {
@@ -732,13 +732,7 @@ impl Session {
     /// Shuttles frames between client and server until the server can be
     /// released or the session ends.
     async fn serve(&mut self, srv: &mut ServerConn, wake: &mut Notified<'_>) -> Served {
-        let (idle_tx_limit, idle_limit) = {
-            let p = &self.app.config_ref().pooler;
-            (
-                p.idle_transaction_timeout.enabled(),
-                p.client_idle_timeout.enabled(),
-            )
-        };
+        let (idle_tx_limit, idle_limit) = self.app.idle_limits();
         loop {
             if self.info.take_cancel() && !srv.owed.is_empty() {
                 // The client's query runs on this server: cancel it there.
