@@ -45,8 +45,10 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut app = None;
     let code = match crate::start(cfg).await {
-        Ok(_) => {
+        Ok((started, _)) => {
+            app = Some(started);
             println!();
             println!("sluice is listening on 127.0.0.1:6432 (transaction pooling, reads routed to the replicas).");
             println!("  primary   127.0.0.1:{}", cluster.primary.port);
@@ -75,6 +77,13 @@ pub async fn run() -> ExitCode {
             ExitCode::from(1)
         }
     };
+    // The monitors stop first, so the servers going away on purpose are not
+    // logged as failures.
+    if let Some(app) = &app {
+        for (_, routing) in app.pools.all_routing() {
+            routing.stop();
+        }
+    }
     println!(
         "Stopping PostgreSQL and removing {} ...",
         cluster.dir.display()

@@ -91,6 +91,11 @@ async fn primary_loop(state: Weak<DbRouting>, target: ServerTarget) {
             |rows| parse_lsn(first_cell(&rows, 0)?).map(record_end),
         )
         .await;
+        // Stopped while the check ran (a reload, the demo ending): its
+        // failure is about servers nobody routes to any more.
+        if s.stopped.load(Ordering::Acquire) {
+            return;
+        }
         match lsn {
             Ok(lsn) => {
                 s.record_primary(asked, lsn);
@@ -158,6 +163,9 @@ async fn replica_loop(state: Weak<DbRouting>, index: usize, target: ServerTarget
             Some((standby, replay))
         })
         .await;
+        if s.stopped.load(Ordering::Acquire) {
+            return;
+        }
         match check {
             Ok((true, Some(replay))) => s.record_replica(index, replay),
             Ok((false, _)) => s.replica_failed(index, "the server is not in recovery (promoted?)"),

@@ -412,9 +412,17 @@ impl DbRouting {
     }
 }
 
+impl DbRouting {
+    /// Ends this database's monitors: they check nothing and log nothing
+    /// from now on.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
 impl Drop for DbRouting {
     fn drop(&mut self) {
-        self.stopped.store(true, Ordering::Release);
+        self.stop();
     }
 }
 
