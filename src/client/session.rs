@@ -17,8 +17,7 @@ mod route;
 
 use super::cancel::{spawn_cancel, CancelSlot, ServerKey};
 use super::prepared::{global_name, put_renamed, split_name, Bound, ClientStatements};
-use super::registry::ClientInfo;
-use super::registry::Notified;
+use super::registry::{ClientInfo, Notified};
 use super::sql_prepared::{self, SqlCommand, SqlStatement, SqlStatements};
 use crate::app::App;
 use crate::config::PoolMode;

@@ -7,7 +7,7 @@
 
 use metrics::{Counter, Gauge};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,10 @@ struct AtomicHistogram {
 #[repr(align(128))]
 struct Shard {
     totals: AtomicTotals,
-    waiting: AtomicI64,
+    /// A signed count kept in two's complement, so that it is added to as
+    /// every other counter is (one shard's share may be negative: a wait can
+    /// end on another worker than it began on).
+    waiting: AtomicU64,
     routes: [[AtomicU64; 8]; 2],
     histograms: [AtomicHistogram; 3],
 }
@@ -301,18 +304,17 @@ impl GroupStats {
     /// POOLS and the gauge must see a client that waits now.
     pub fn set_waiting(&self, on: bool) {
         let (index, owned) = shard_index();
-        let w = &self.shards[index].waiting;
-        let d = if on { 1 } else { -1 };
-        if owned {
-            w.store(w.load(Relaxed) + d, Relaxed);
-        } else {
-            w.fetch_add(d, Relaxed);
-        }
+        let d: i64 = if on { 1 } else { -1 };
+        add_to(&self.shards[index].waiting, d as u64, owned);
     }
 
     /// Clients waiting for a server now.
     pub fn waiting(&self) -> usize {
-        let n: i64 = self.shards.iter().map(|s| s.waiting.load(Relaxed)).sum();
+        let n: i64 = self
+            .shards
+            .iter()
+            .map(|s| s.waiting.load(Relaxed) as i64)
+            .sum();
         n.max(0) as usize
     }
 
