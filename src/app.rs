@@ -369,6 +369,9 @@ impl App {
         if old.pooler.workers != new.pooler.workers {
             restart_needed.push("pooler.workers");
         }
+        if old.pooler.sched_policy != new.pooler.sched_policy {
+            restart_needed.push("pooler.sched_policy");
+        }
         if old.pooler.log_format != new.pooler.log_format {
             restart_needed.push("pooler.log_format");
         }

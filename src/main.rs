@@ -74,6 +74,8 @@ fn main() -> ExitCode {
             match sluice::config::Config::load(&path) {
                 Ok(cfg) => {
                     sluice::logging::init(cfg.pooler.log_format, &cfg.pooler.log_level);
+                    // Before the runtime: its threads inherit the policy.
+                    set_sched_policy(cfg.pooler.sched_policy);
                     runtime(cfg.pooler.workers).block_on(serve(cfg, path))
                 }
                 Err(e) => {
@@ -100,6 +102,31 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
         .build()
         .expect("cannot start the tokio runtime")
 }
+
+/// Puts the calling thread, and so every thread it starts, under the
+/// configured Linux scheduling policy. SCHED_BATCH keeps a woken pooler from
+/// preempting the task that woke it: on a busy machine it then finds several
+/// sockets ready per wake-up instead of one, and spends fewer context switches
+/// and `epoll_wait` calls per transaction. Any process may choose it; no
+/// privilege is needed. Called directly: neither std nor tokio exposes it.
+#[cfg(target_os = "linux")]
+fn set_sched_policy(policy: sluice::config::SchedPolicy) {
+    let raw = match policy {
+        sluice::config::SchedPolicy::Batch => libc::SCHED_BATCH,
+        sluice::config::SchedPolicy::Normal => libc::SCHED_OTHER,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, raw, &param) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot set sched_policy {policy:?}; keeping the inherited policy"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_sched_policy(_: sluice::config::SchedPolicy) {}
 
 fn check(path: Option<PathBuf>) -> ExitCode {
     let Some(path) = path else {

@@ -288,3 +288,38 @@ async fn so_reuseport_lets_a_new_process_share_the_port() {
     let _ = new.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Linux scheduling policy of every thread of a process (the 41st
+/// field of /proc/<pid>/task/<tid>/stat: 0 normal, 3 batch).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // Fields after the command name, which may hold spaces, start at 3.
+        let (_, rest) = stat.rsplit_once(") ").unwrap();
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn runtime_threads_run_under_the_configured_sched_policy() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let dir = temp_dir("sched-batch");
+    let s = spawn_sluice(&dir, "workers = 2").await;
+    let policies = thread_policies(s.child.id());
+    assert!(
+        policies.len() >= 3,
+        "main thread and two workers: {policies:?}"
+    );
+    assert!(policies.iter().all(|&p| p == SCHED_BATCH), "{policies:?}");
+    drop(s);
+    let dir2 = temp_dir("sched-normal");
+    let s = spawn_sluice(&dir2, "workers = 1\nsched_policy = \"normal\"").await;
+    let policies = thread_policies(s.child.id());
+    assert!(policies.iter().all(|&p| p == SCHED_OTHER), "{policies:?}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir2);
+}

@@ -461,6 +461,7 @@ fn users(app: &App) -> Table {
 pub const RESTART_ONLY: &[&str] = &[
     "listen",
     "workers",
+    "sched_policy",
     "log_format",
     "so_reuseport",
     "max_prepared_statement_memory",

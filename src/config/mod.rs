@@ -109,6 +109,11 @@ pub struct PoolerConfig {
     /// 1 runs a current-thread runtime, which spends the least CPU per
     /// transaction; more use more cores.
     pub workers: usize,
+    /// How Linux schedules the runtime threads: `batch` (SCHED_BATCH) lets a
+    /// woken pooler wait for the running task's slice instead of preempting
+    /// it, so events gather and each wake-up serves many; `normal` is the
+    /// default policy of other processes.
+    pub sched_policy: SchedPolicy,
     /// Bind listeners with SO_REUSEPORT, so that a second process can share
     /// the port (rolling restarts); off by default so a port clash is an error.
     pub so_reuseport: bool,
@@ -121,6 +126,14 @@ pub struct PoolerConfig {
     pub log_level: String,
     /// The period SHOW STATS averages over.
     pub stats_period: Dur,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedPolicy {
+    #[default]
+    Batch,
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -157,6 +170,7 @@ impl Default for PoolerConfig {
             shutdown_delay: Dur::ZERO,
             tcp_keepalive: true,
             workers: 0,
+            sched_policy: SchedPolicy::Batch,
             so_reuseport: false,
             log_connections: true,
             log_disconnections: true,
@@ -650,6 +664,17 @@ replicas = ["127.0.0.1:5433"]
         let e = Config::parse(text, "t.toml").unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(e.message.contains("pool_sise"), "{}", e.message);
+    }
+
+    #[test]
+    fn sched_policy_is_batch_unless_set_and_names_a_bad_value() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.pooler.sched_policy, SchedPolicy::Batch);
+        let c = Config::parse("[pooler]\nsched_policy = \"normal\"\n", "t.toml").unwrap();
+        assert_eq!(c.pooler.sched_policy, SchedPolicy::Normal);
+        let e = Config::parse("[pooler]\nsched_policy = \"fifo\"\n", "t.toml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("fifo"), "{}", e.message);
     }
 
     #[test]
