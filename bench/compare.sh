@@ -33,6 +33,9 @@
 #              work the same as plain sluice; "tpcb-like" runs pgbench's default script through
 #              routed sluice with read_your_writes and with eventual
 #              consistency, for the write-latency cost of read-your-writes)
+#   TARGETS    which targets to run, in this order     (all of the above;
+#              e.g. "sluice routed" for the routing cost alone)
+#   TPCB       1: run the tpcb-like read-your-writes case   (ROUTING)
 #   SERVER_SOCKET  how both poolers reach PostgreSQL: tcp (loopback) or unix
 #              (a Unix-domain socket in the run's directory, as a pooler on
 #              the database host would)             (tcp; pgbench always uses TCP)
@@ -58,8 +61,13 @@ WORKERS="${WORKERS:-1}"
 ROUTING="${ROUTING:-1}"
 SERVER_SOCKET="${SERVER_SOCKET:-tcp}"
 [[ $SERVER_SOCKET == tcp || $SERVER_SOCKET == unix ]] || { echo "SERVER_SOCKET must be tcp or unix" >&2; exit 2; }
-TARGETS="sluice sluice-mt direct pgbouncer"
-[[ $ROUTING == 1 ]] && TARGETS="sluice sluice-mt classified routed direct pgbouncer"
+DEFAULT_TARGETS="sluice sluice-mt direct pgbouncer"
+[[ $ROUTING == 1 ]] && DEFAULT_TARGETS="sluice sluice-mt classified routed direct pgbouncer"
+TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
+for t in $TARGETS; do
+    [[ " $DEFAULT_TARGETS " == *" $t "* ]] || { echo "TARGETS: '$t' is not one of: $DEFAULT_TARGETS" >&2; exit 2; }
+done
+TPCB="${TPCB:-$ROUTING}"
 
 # Stray libpq settings from the caller's shell would silently redirect or alter
 # connections; everything below passes host/port/user/db explicitly.
@@ -488,13 +496,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
             measure "$round" "$mode" "$target"
         done
     done
-    if [[ $ROUTING == 1 ]]; then
+    if [[ $ROUTING == 1 && $TPCB == 1 ]]; then
         for target in routed eventual; do
             measure "$round" tpcb-like "$target"
         done
     fi
 done
-[[ $ROUTING == 1 ]] && MODES="$MODES tpcb-like" && TARGETS="$TARGETS eventual"
+[[ $ROUTING == 1 && $TPCB == 1 ]] && MODES="$MODES tpcb-like" && TARGETS="$TARGETS eventual"
 
 # ---------------------------------------------------------------------------
 # Summary. CPU per 1000 tx is total pooler CPU over total transactions across

@@ -12,7 +12,7 @@ pub mod replicas;
 pub mod session_state;
 pub mod summary;
 
-pub use summary::Summary;
+pub use summary::{Summary, SummaryMemo};
 
 /// The first keyword of `sql`, after white space, comments and opening
 /// parentheses, as an ASCII slice; empty when there is none.

@@ -31,7 +31,8 @@ use crate::protocol::{read_cstr, tag};
 use crate::router::classify::{Kind, PinReason, Target as Class};
 use crate::router::replicas::{NoReplica, SchemaChange};
 use crate::router::session_state::{parse_set, SetChange};
-use crate::router::Summary;
+use crate::router::summary::summarize_bytes;
+use crate::router::{Summary, SummaryMemo};
 use crate::server::{ParamMap, Reply, ServerConn};
 
 /// The server a unit runs on.
@@ -95,6 +96,8 @@ pub struct RouteState {
     pub ddl_seen: bool,
     /// Why the current unit goes where it goes (for the metrics).
     pub reason: RouteReason,
+    /// The last extended-protocol texts routed and their summaries.
+    memo: SummaryMemo,
 }
 
 impl RouteState {
@@ -118,6 +121,7 @@ impl RouteState {
             schema_change: None,
             ddl_seen: false,
             reason: RouteReason::Write,
+            memo: SummaryMemo::default(),
         }
     }
 
@@ -540,7 +544,7 @@ impl Session {
     }
 
     /// Looks at the unit at the head of the buffer.
-    fn inspect_unit(&self) -> Unit {
+    fn inspect_unit(&mut self) -> Unit {
         let mut unit = Unit {
             len: None,
             read: true,
@@ -552,6 +556,7 @@ impl Session {
         };
         let policy = self.pools.routing.policy();
         let classifier = &self.app.classifier;
+        let memo = &mut self.route.memo;
         let note = |unit: &mut Unit, s: Summary| {
             unit.read &= s.target == Class::Replica;
             unit.settings_only &= s.statements == 1
@@ -576,7 +581,9 @@ impl Session {
                 tag::QUERY => {
                     unit.executes = true;
                     let sql = body.strip_suffix(b"\0").unwrap_or(body);
-                    let s = classify_bytes(classifier, sql, &policy);
+                    // Simple Query texts carry their literals and seldom
+                    // repeat: not memoised.
+                    let s = summarize_bytes(classifier, sql, &policy);
                     if s.statements == 1 {
                         unit.single = s.first;
                     }
@@ -590,7 +597,7 @@ impl Session {
                         return unit;
                     };
                     let sql = rest.split(|&b| b == 0).next().unwrap_or(b"");
-                    note(&mut unit, classify_bytes(classifier, sql, &policy));
+                    note(&mut unit, memo.summarize(classifier, sql, &policy));
                     unnamed_parsed |= name.is_empty();
                 }
                 tag::BIND => {
@@ -603,7 +610,7 @@ impl Session {
                             Some(bound) => {
                                 let key = bound.statement.key();
                                 let sql = key.split(|&b| b == 0).next().unwrap_or(b"");
-                                note(&mut unit, classify_bytes(classifier, sql, &policy));
+                                note(&mut unit, memo.summarize(classifier, sql, &policy));
                             }
                             None => unit.read = false,
                         },
@@ -623,18 +630,6 @@ impl Session {
             }
         }
         unit
-    }
-}
-
-fn classify_bytes(
-    classifier: &crate::router::classify::Classifier,
-    sql: &[u8],
-    policy: &crate::router::functions::FunctionPolicy,
-) -> Summary {
-    match std::str::from_utf8(sql) {
-        Ok(text) => classifier.summarize(text, policy),
-        // Not UTF-8 (another client_encoding): nothing is proven.
-        Err(_) => Summary::primary(),
     }
 }
 
