@@ -36,6 +36,15 @@
 #   TARGETS    which targets to run, in this order     (all of the above;
 #              e.g. "sluice routed" for the routing cost alone)
 #   TPCB       1: run the tpcb-like read-your-writes case   (ROUTING)
+#   EQUAL_LOAD 1: run sluice and routed once more per mode at one fixed rate
+#              (pgbench -R), EQUAL_LOAD_PCT percent of the lower of their
+#              saturated mean tps, as modes "eq-simple" and so on  (ROUTING)
+#              At saturation routed runs fewer tps (the replicas' backends
+#              share the two cores), and a pooler's CPU per transaction
+#              rises as its load falls (fewer ready sockets per wake-up);
+#              at one rate both have the same load, and the ratio is what
+#              routing itself costs.
+#   EQUAL_LOAD_PCT                                              (60)
 #   SERVER_SOCKET  how both poolers reach PostgreSQL: tcp (loopback) or unix
 #              (a Unix-domain socket in the run's directory, as a pooler on
 #              the database host would)             (tcp; pgbench always uses TCP)
@@ -68,6 +77,8 @@ for t in $TARGETS; do
     [[ " $DEFAULT_TARGETS " == *" $t "* ]] || { echo "TARGETS: '$t' is not one of: $DEFAULT_TARGETS" >&2; exit 2; }
 done
 TPCB="${TPCB:-$ROUTING}"
+EQUAL_LOAD="${EQUAL_LOAD:-$ROUTING}"
+EQUAL_LOAD_PCT="${EQUAL_LOAD_PCT:-60}"
 
 # Stray libpq settings from the caller's shell would silently redirect or alter
 # connections; everything below passes host/port/user/db explicitly.
@@ -418,10 +429,13 @@ cpu_ticks() {
 # while a foreground child runs: a SIGTERM to this script would otherwise sit
 # unhandled until the whole -T period had elapsed.
 PGBENCH_PID=""
+declare -A EQ_RATE=()
 run_pgbench() { # target mode seconds outfile
-    local rc=0 script=(-S -M "$2")
+    local rc=0 script=(-S -M "${2#eq-}")
     # "tpcb-like": pgbench's default read-write script, simple protocol.
     [[ $2 == tpcb-like ]] && script=(-M simple)
+    # "eq-<mode>": the same at the fixed rate set for it.
+    [[ $2 == eq-* ]] && script+=(-R "${EQ_RATE[$2]}")
     PGPASSWORD=bench pgbench -n "${script[@]}" -c "$CLIENTS" -j "$JOBS" -T "$3" \
         -h 127.0.0.1 -p "$(port_of "$1")" -U bench bench >"$4" 2>&1 &
     PGBENCH_PID=$!
@@ -504,6 +518,31 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 [[ $ROUTING == 1 && $TPCB == 1 ]] && MODES="$MODES tpcb-like" && TARGETS="$TARGETS eventual"
 
+# Routing's own cost at equal load: sluice and routed at one fixed rate.
+if [[ $ROUTING == 1 && $EQUAL_LOAD == 1 && " $TARGETS " == *" sluice "* && " $TARGETS " == *" routed "* ]]; then
+    EQ_MODES=""
+    for mode in $MODES; do
+        [[ $mode == tpcb-like ]] && continue
+        rate=$(awk -F'\t' -v m="$mode" -v pct="$EQUAL_LOAD_PCT" '
+            $1 == m && ($2 == "sluice" || $2 == "routed") { t[$2] += $4; n[$2]++ }
+            END { if (n["sluice"] && n["routed"]) {
+                      a = t["sluice"] / n["sluice"]; b = t["routed"] / n["routed"]
+                      printf "%d", (a < b ? a : b) * pct / 100 } }' "$RESULTS")
+        [[ -n $rate && $rate -gt 0 ]] || continue
+        EQ_RATE[eq-$mode]=$rate
+        EQ_MODES+=" eq-$mode"
+        echo "# eq-$mode: pgbench -M $mode -R $rate ($EQUAL_LOAD_PCT% of the lower saturated mean tps)"
+    done
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for mode in $EQ_MODES; do
+            for target in sluice routed; do
+                measure "$round" "$mode" "$target"
+            done
+        done
+    done
+    MODES="$MODES$EQ_MODES"
+fi
+
 # ---------------------------------------------------------------------------
 # Summary. CPU per 1000 tx is total pooler CPU over total transactions across
 # rounds (a transaction-weighted mean), which is steadier than averaging the
@@ -539,6 +578,7 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
         }
         print ""
         for (i = 1; i <= nm; i++) {
+            if (M[i] ~ /^eq-/) continue
             s = M[i] SUBSEP "sluice"; d = M[i] SUBSEP "direct"; b = M[i] SUBSEP "pgbouncer"
             printf "%s: sluice/pgbouncer tps = %s, sluice/pgbouncer CPU per tx = %s, sluice/direct tps = %s\n",
                 M[i], ratio(mtps(s), mtps(b)), ratio(cpk(s), cpk(b)), ratio(mtps(s), mtps(d))
@@ -551,7 +591,10 @@ awk -F'\t' -v modes="$MODES" -v targets="$TARGETS" '
             s = M[i] SUBSEP "sluice"; r = M[i] SUBSEP "routed"; c = M[i] SUBSEP "classified"
             if (n[s] && n[c])
                 printf "%s: classified/sluice CPU per tx = %s (routing decided for every statement, same servers)\n", M[i], ratio(cpk(c), cpk(s))
-            if (n[s] && n[r])
+            if (n[s] && n[r] && M[i] ~ /^eq-/)
+                printf "%s: routed/sluice CPU per tx at equal load = %s (%.0f vs %.0f tps)%s\n", M[i], ratio(cpk(r), cpk(s)), mtps(r), mtps(s),
+                    (mtps(r) < 0.97 * mtps(s) || mtps(s) < 0.97 * mtps(r) ? "; NOT equal: one fell behind the rate, lower EQUAL_LOAD_PCT" : "")
+            else if (n[s] && n[r])
                 printf "%s: routed/sluice CPU per tx = %s, tps = %s (reads on the replicas, on the same 2 cores)\n", M[i], ratio(cpk(r), cpk(s)), ratio(mtps(r), mtps(s))
         }
         r = "tpcb-like" SUBSEP "routed"; v = "tpcb-like" SUBSEP "eventual"
