@@ -45,6 +45,8 @@
 #              at one rate both have the same load, and the ratio is what
 #              routing itself costs.
 #   EQUAL_LOAD_PCT                                              (60)
+#   BOUNCER_SCHED  PgBouncer's Linux scheduling policy: normal, or batch
+#              (SCHED_BATCH, as sluice's sched_policy default)     (normal)
 #   SERVER_SOCKET  how both poolers reach PostgreSQL: tcp (loopback) or unix
 #              (a Unix-domain socket in the run's directory, as a pooler on
 #              the database host would)             (tcp; pgbench always uses TCP)
@@ -77,6 +79,8 @@ for t in $TARGETS; do
     [[ " $DEFAULT_TARGETS " == *" $t "* ]] || { echo "TARGETS: '$t' is not one of: $DEFAULT_TARGETS" >&2; exit 2; }
 done
 TPCB="${TPCB:-$ROUTING}"
+BOUNCER_SCHED="${BOUNCER_SCHED:-normal}"
+[[ $BOUNCER_SCHED == normal || $BOUNCER_SCHED == batch ]] || { echo "BOUNCER_SCHED must be normal or batch" >&2; exit 2; }
 EQUAL_LOAD="${EQUAL_LOAD:-$ROUTING}"
 EQUAL_LOAD_PCT="${EQUAL_LOAD_PCT:-60}"
 
@@ -386,7 +390,11 @@ EOF
 log "starting pgbouncer ($($PGBOUNCER_BIN --version | head -n1)) on port $BOUNCER_PORT"
 # setpriv execs in place (runuser would fork and wait), so $! is PgBouncer
 # itself: the PID whose CPU we sample and which cleanup stops.
-(cd "$TMP" && exec setpriv --reuid=postgres --regid=postgres --init-groups \
+# BOUNCER_SCHED=batch runs it under SCHED_BATCH, sluice's default policy
+# (chrt execs in place too).
+bouncer_sched=()
+[[ $BOUNCER_SCHED == batch ]] && bouncer_sched=(chrt --batch 0)
+(cd "$TMP" && exec "${bouncer_sched[@]}" setpriv --reuid=postgres --regid=postgres --init-groups \
     "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini") >"$TMP/pgbouncer.out" 2>&1 &
 BOUNCER_PID=$!
 wait_ready pgbouncer "$BOUNCER_PID" "$BOUNCER_PORT" "$TMP/pgbouncer.log"
@@ -480,7 +488,7 @@ measure() { # round mode target
 echo "# sluice vs direct vs pgbouncer — pgbench -S -c $CLIENTS -j $JOBS -T $DURATION, scale $SCALE, pool size $POOL_SIZE"
 echo "# modes: $MODES; rounds: $ROUNDS; order per round: $TARGETS; poolers reach PostgreSQL over $SERVER_SOCKET"
 echo "# sluice: $SLUICE_BIN ($("$SLUICE_BIN" --version 2>/dev/null || echo '?')), workers = $WORKERS; sluice-mt: workers = 0"
-echo "# pgbouncer: $($PGBOUNCER_BIN --version | head -n1); postgres: $("$PG_BIN/postgres" --version)"
+echo "# pgbouncer: $($PGBOUNCER_BIN --version | head -n1) (policy $BOUNCER_SCHED); postgres: $("$PG_BIN/postgres" --version)"
 echo "# host: $(nproc) CPUs, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # First contact pays for server-connection setup and cold caches; absorb that
