@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::router::classify::{classify_uncached, Classifier, Target};
 use sluice::router::fingerprint::fingerprint;
 use sluice::router::functions::{Catalog, FunctionPolicy};
+use sluice::router::SummaryMemo;
 
 const SELECT_200: &str = "SELECT u.id, u.email, u.created_at, p.display_name \
     FROM users u JOIN profiles p ON p.user_id = u.id \
@@ -68,6 +69,19 @@ fn bench(c: &mut Criterion) {
     let _ = classifier.classify(&orm, &policy);
     c.bench_function("cached/orm_2kb", |b| {
         b.iter(|| classifier.classify(black_box(&orm), &policy))
+    });
+
+    // A session's memo of its last extended-protocol texts: what a repeated
+    // Parse or a Bind of a named statement costs the router.
+    let shared = Arc::new(policy.clone());
+    let mut memo = SummaryMemo::default();
+    let _ = memo.summarize(&classifier, SELECT_200.as_bytes(), &shared);
+    c.bench_function("memo/select_200b", |b| {
+        b.iter(|| memo.summarize(&classifier, black_box(SELECT_200.as_bytes()), &shared))
+    });
+    let _ = memo.summarize(&classifier, orm.as_bytes(), &shared);
+    c.bench_function("memo/orm_2kb", |b| {
+        b.iter(|| memo.summarize(&classifier, black_box(orm.as_bytes()), &shared))
     });
 
     let mut g = c.benchmark_group("uncached");
