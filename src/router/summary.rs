@@ -29,8 +29,9 @@ impl Summary {
     }
 }
 
-/// Texts longer than this are not memoised (the memo's bound per session).
-const MEMO_MAX_TEXT: usize = 2048;
+/// Texts longer than this are not memoised: with `MEMO_ENTRIES` that bounds
+/// the memo at 8 KiB per session, the size of its read buffer.
+const MEMO_MAX_TEXT: usize = 4096;
 const MEMO_ENTRIES: usize = 2;
 
 /// The summaries of the last extended-protocol statement texts a session
