@@ -18,6 +18,7 @@ fn setup() {
             CREATE FUNCTION write_fn() RETURNS int LANGUAGE sql VOLATILE
                 AS 'INSERT INTO items(note) VALUES (''write_fn'') RETURNING 1';
             CREATE FUNCTION stable_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 7';
+            CREATE FUNCTION flip_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 8';
             CREATE SCHEMA routing_s;
             CREATE TABLE routing_s.marker (v text);
             INSERT INTO routing_s.marker VALUES ('in routing_s');
@@ -277,6 +278,61 @@ async fn prepared_statements_route_by_their_own_class() {
             "the prepared read never left the primary"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A session remembers the class of the statements it runs again and again;
+/// when the primary's catalog says a function has become volatile, that
+/// memory must not keep a statement calling it on the replicas.
+#[tokio::test]
+async fn a_prepared_read_follows_its_function_to_the_primary_once_volatile() {
+    let addr = routed_pooler("", "[routing]\ncatalog_refresh_interval = \"200ms\"").await;
+    let c = connect(addr).await;
+    let primary = primary_port();
+    let replicas = replica_ports();
+    let stmt = c
+        .prepare("SELECT flip_fn(), inet_server_port()")
+        .await
+        .unwrap();
+    // The function reaches the replicas by replication: wait for it there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.query_one(&stmt, &[]).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "flip_fn never reached the replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
+        assert!(
+            replicas.contains(&(p as u16)),
+            "a stable function's read ran on {p}"
+        );
+    }
+    cluster()
+        .psql_db(
+            primary_port(),
+            "postgres",
+            "app",
+            "ALTER FUNCTION flip_fn() VOLATILE",
+        )
+        .expect("alter function");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
+        if p as u16 == primary {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the statement stayed on the replicas after its function became volatile"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
+        assert_eq!(p as u16, primary);
     }
 }
 
