@@ -295,14 +295,13 @@ async fn a_prepared_read_follows_its_function_to_the_primary_once_volatile() {
         .await
         .unwrap();
     // The function reaches the replicas by replication: wait for it there.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.query_one(&stmt, &[]).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "flip_fn never reached the replicas"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run_until(
+        &c,
+        &stmt,
+        |p| p.is_some(),
+        "flip_fn never reached the replicas",
+    )
+    .await;
     for _ in 0..5 {
         let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
         assert!(
@@ -318,21 +317,35 @@ async fn a_prepared_read_follows_its_function_to_the_primary_once_volatile() {
             "ALTER FUNCTION flip_fn() VOLATILE",
         )
         .expect("alter function");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
-        if p as u16 == primary {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the statement stayed on the replicas after its function became volatile"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run_until(
+        &c,
+        &stmt,
+        |p| p == Some(primary),
+        "the statement stayed on the replicas after its function became volatile",
+    )
+    .await;
     for _ in 0..5 {
         let p: i32 = c.query_one(&stmt, &[]).await.unwrap().get(1);
         assert_eq!(p as u16, primary);
+    }
+}
+
+/// Runs `stmt` until `done` holds for the port of the server that answered
+/// (`None`: an error), for at most 10 s.
+async fn run_until(
+    c: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    done: impl Fn(Option<u16>) -> bool,
+    why: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let port = c.query_one(stmt, &[]).await.ok();
+        if done(port.map(|r| r.get::<_, i32>(1) as u16)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
