@@ -985,7 +985,7 @@ mod tests {
         assert_eq!(base, fp("  select\n\ta,  b\r\nfrom t where c = 2  "));
         assert_eq!(base, fp("select a, b from t /* x */ where c = 2"));
         assert_eq!(base, fp("select a, b from t/* x */where c = 2"));
-        assert_eq!(base, fp("select a, b from t /**/where c = 2;").max(base));
+        assert_eq!(base, fp("select a, b from t /**/where c = 2"));
         assert_eq!(
             base,
             fp("-- hi\nselect a, /* x /* nested */ y */ b from t where c = 3")
