@@ -546,8 +546,11 @@ if [[ $ROUTING == 1 && $EQUAL_LOAD == 1 && " $TARGETS " == *" sluice "* && " $TA
         echo "# eq-$mode: pgbench -M $mode -R $rate ($EQUAL_LOAD_PCT% of the lower saturated mean tps)"
     done
     for ((round = 1; round <= ROUNDS; round++)); do
+        # Alternate which goes first, as for the tpcb-like pair.
+        order="sluice routed"
+        ((round % 2 == 0)) && order="routed sluice"
         for mode in $EQ_MODES; do
-            for target in sluice routed; do
+            for target in $order; do
                 measure "$round" "$mode" "$target"
             done
         done
