@@ -2,8 +2,8 @@
 //!
 //! A fingerprint is a 128-bit hash of a statement's token stream with every
 //! literal (strings in all their forms, numbers, bind parameters) replaced by
-//! one placeholder, white space and comments dropped and unquoted words folded
-//! to lower case. Two texts with the same fingerprint have the same shape, so
+//! one placeholder, each run of white space and comments folded to one space
+//! and unquoted words folded to lower case, hashed with XXH3-128. Two texts with the same fingerprint have the same shape, so
 //! they classify the same way: the classifier caches by it. A leading routing
 //! hint is part of the fingerprint (it changes the route).
 //!
@@ -11,6 +11,10 @@
 //! (literals, comments, white space) is also what the server and sqlparser treat
 //! as such; where it splits tokens differently the only effect is a fingerprint
 //! that shares less, never one that merges two different statements.
+
+use xxhash_rust::xxh3::{xxh3_128_with_seed, Xxh3};
+
+use super::chunk::{ws_at, Chunk};
 
 /// A routing hint given by a leading `/* sluice:primary */` or
 /// `/* sluice:replica */` comment.
@@ -65,7 +69,16 @@ pub fn hint(sql: &[u8]) -> Option<Hint> {
 
 /// Fingerprint and hint of `sql` with an explicit hash seed.
 pub fn scan_seeded(sql: &[u8], seed: u64) -> Scan {
-    let mut h = Hasher::new(seed);
+    let mut out = Normalised::new(seed);
+    let hint = normalise(sql, &mut out);
+    Scan {
+        fingerprint: Fingerprint(out.finish()),
+        hint,
+    }
+}
+
+/// Write the normalised stream of `sql` to `out`; returns the leading hint.
+fn normalise(sql: &[u8], out: &mut Normalised) -> Option<Hint> {
     let mut hint = None;
     let mut body = sql.len();
     let first = sql.iter().position(|&b| !is_space(b)).unwrap_or(sql.len());
@@ -84,178 +97,95 @@ pub fn scan_seeded(sql: &[u8], seed: u64) -> Scan {
         if hint.is_none() {
             if let Some(found) = parse_hint(&sql[t.start..t.end]) {
                 hint = Some(found);
-                h.byte(match found {
+                out.byte(match found {
                     Hint::Primary => TAG_HINT_PRIMARY,
                     Hint::Replica => TAG_HINT_REPLICA,
                 });
             }
         }
     }
-    if hash_body(&mut h, sql, body) == b' ' {
-        // A lone space copied before a trailing comment.
-        h.pop();
-    }
-    Scan {
-        fingerprint: Fingerprint(h.finish()),
-        hint,
-    }
-}
-
-/// High bit set in each byte that may need more than copying: white space
-/// (a lone space before a non-space byte is copied as is), quotes, `$`,
-/// digits, and `-` `/` (comment starts). `#` comes along and is simply
-/// copied by the slow path.
-#[inline(always)]
-fn special_mask(w: u64) -> u64 {
-    let x7 = w & !HIGH;
-    let ascii = !w & HIGH;
-    let other_ws = in_range(x7, 9, 13);
-    let sp = in_range(x7, b' ', b' ');
-    let ws_next = ((other_ws | sp) & ascii) >> 8 | (0x80 << 56);
-    (other_ws
-        | (sp & ws_next)
-        | in_range(x7, b'"', b'$')
-        | in_range(x7, b'\'', b'\'')
-        | in_range(x7, b'-', b'-')
-        | in_range(x7, b'/', b'9'))
-        & ascii
-}
-
-#[inline(always)]
-fn low_bytes(k: usize) -> u64 {
-    if k >= 8 {
-        !0
-    } else {
-        (1u64 << (k * 8)) - 1
-    }
+    normalise_body(out, sql, body);
+    hint
 }
 
 /// The normalised stream, straight from the bytes: plain runs (words,
-/// operators, punctuation, single spaces) are copied lower-cased eight bytes
-/// at a time; literals become one tag, each run of white space and comments
-/// one space, quoted identifiers stay exact. Whatever it drops is a subset of
-/// what [`Lexer`] drops, so equal fingerprints imply equal token streams up
-/// to literal values (a test checks this). Returns the last byte emitted.
-fn hash_body(h: &mut Hasher, s: &[u8], mut i: usize) -> u8 {
+/// operators, punctuation, single spaces) are copied lower-cased sixteen
+/// bytes at a time; literals become one tag, each run of white space and
+/// comments one space, quoted identifiers stay exact. Whatever it drops is a
+/// subset of what [`Lexer`] drops, so equal fingerprints imply equal token
+/// streams up to literal values (a test checks this).
+fn normalise_body(out: &mut Normalised, s: &[u8], mut i: usize) {
     let n = s.len();
-    let mut space = false;
-    let mut last = 0u8;
     while i < n {
-        let avail = n - i;
-        let w = if avail >= 8 {
-            load8(s, i)
-        } else {
-            load_short(&s[i..])
-        };
-        let take = avail.min(8);
-        let m = special_mask(w) & low_bytes(take) & HIGH;
+        let chunk = Chunk::load(s, i);
+        // Past the end the chunk holds zeros, which are never special.
+        let m = chunk.special(ws_at(s, i + 16));
         let k = if m == 0 {
-            take
+            (n - i).min(16)
         } else {
-            (m.trailing_zeros() / 8) as usize
+            m.trailing_zeros() as usize
         };
         if k > 0 {
-            let part = lower_word(w) & low_bytes(k);
-            emit(h, &mut space, &mut last, part, k);
+            out.put(chunk.lower(), k);
             i += k;
-            if m == 0 {
-                // Whole plain words in a row, the bulk of most statements.
-                // After one, no space is pending and the last byte is not a
-                // space (a space in a word's top byte counts as special), so
-                // `emit` has nothing to decide: push them straight in.
-                while i + 8 <= n {
-                    let w = load8(s, i);
-                    if special_mask(w) & HIGH != 0 {
-                        break;
-                    }
-                    let part = lower_word(w);
-                    h.push(part, 8);
-                    last = (part >> 56) as u8;
-                    i += 8;
-                }
-                continue;
-            }
         }
-        if is_space(s[i]) {
-            i += 1;
-            while i < n && is_space(s[i]) {
-                i += 1;
-            }
-            space = true;
-            continue;
+        if m != 0 {
+            i = special(out, s, i);
         }
-        i = special(h, s, i, &mut space, &mut last);
     }
-    last
 }
 
-/// Push `k` plain bytes, keeping exactly one space wherever white space or
-/// comments were.
-#[inline(always)]
-fn emit(h: &mut Hasher, space: &mut bool, last: &mut u8, mut part: u64, mut k: usize) {
-    let starts_space = part as u8 == b' ';
-    if starts_space && *last == b' ' {
-        part >>= 8;
-        k -= 1;
-        if k == 0 {
-            *space = false;
-            return;
-        }
-    } else if *space && !starts_space && *last != b' ' {
-        h.byte(b' ');
-    }
-    *space = false;
-    h.push(part, k as u32);
-    *last = (part >> ((k - 1) * 8)) as u8;
-}
-
-#[inline(always)]
-fn emit_tag(h: &mut Hasher, space: &mut bool, last: &mut u8, tag: u8) {
-    emit(h, space, last, tag as u64, 1);
-}
-
-/// Handle the special byte at `i`; returns where to go on.
-fn special(h: &mut Hasher, s: &[u8], i: usize, space: &mut bool, last: &mut u8) -> usize {
+/// Handle the special byte at `i`; returns where to go on. A plain run
+/// never starts with white space after this has written a space (the white
+/// space that follows is skipped here), so the stream has no double spaces.
+fn special(out: &mut Normalised, s: &[u8], i: usize) -> usize {
     let n = s.len();
     let b = s[i];
     let prev = if i > 0 { s[i - 1] } else { b' ' };
     let next = s.get(i + 1).copied().unwrap_or(0);
     let word_start_at = |j: usize| j == 0 || !is_ident_cont(s[j - 1]);
-    let malformed = |h: &mut Hasher, last: &mut u8| {
-        *last = TAG_MALFORMED;
-        h.byte(TAG_MALFORMED);
-        h.bytes(&s[i..], false);
+    let malformed = |out: &mut Normalised| {
+        // Tagged at both ends: nothing after it is taken for a trailing space.
+        out.byte(TAG_MALFORMED);
+        out.copy(s, i, n, false);
+        out.byte(TAG_MALFORMED);
         n
     };
+    let space_then = |out: &mut Normalised, mut j: usize| {
+        out.space();
+        while j < n && is_space(s[j]) {
+            j += 1;
+        }
+        j
+    };
     match b {
+        _ if is_space(b) => space_then(out, i + 1),
         b'-' if next == b'-' => {
             let mut j = i + 2;
             while j < n && s[j] != b'\n' && s[j] != b'\r' {
                 j += 1;
             }
-            *space = true;
-            j
+            space_then(out, j)
         }
         b'/' if next == b'*' => {
             let (j, ok) = skip_block_comment(s, i);
             if !ok {
-                return malformed(h, last);
+                return malformed(out);
             }
-            *space = true;
-            j
+            space_then(out, j)
         }
         b'0'..=b'9' if i > 0 && is_ident_cont(prev) => {
             // Inside a word (t1, col_2): copy the rest of it.
             let j = ident_end(s, i);
-            emit_run(h, space, last, &s[i..j]);
+            out.copy(s, i, j, true);
             j
         }
         b'0'..=b'9' => {
-            emit_tag(h, space, last, TAG_LITERAL);
+            out.byte(TAG_LITERAL);
             skip_number(s, i)
         }
         b'$' if i > 0 && is_ident_cont(prev) => {
-            emit_tag(h, space, last, b'$');
+            out.byte(b'$');
             i + 1
         }
         b'$' if next.is_ascii_digit() => {
@@ -263,17 +193,17 @@ fn special(h: &mut Hasher, s: &[u8], i: usize, space: &mut bool, last: &mut u8) 
             while j < n && s[j].is_ascii_digit() {
                 j += 1;
             }
-            emit_tag(h, space, last, TAG_LITERAL);
+            out.byte(TAG_LITERAL);
             j
         }
         b'$' => match skip_dollar_quote(s, i) {
             Some((j, true)) => {
-                emit_tag(h, space, last, TAG_LITERAL);
+                out.byte(TAG_LITERAL);
                 j
             }
-            Some((_, false)) => malformed(h, last),
+            Some((_, false)) => malformed(out),
             None => {
-                emit_tag(h, space, last, b'$');
+                out.byte(b'$');
                 i + 1
             }
         },
@@ -283,37 +213,152 @@ fn special(h: &mut Hasher, s: &[u8], i: usize, space: &mut bool, last: &mut u8) 
             let prefixed = |c: u8| (prev | 0x20) == c && i >= 1 && word_start_at(i - 1);
             let (j, ok) = skip_string(s, i + 1, prefixed(b'e'));
             if !ok || (prefixed(b'x') && s[i..j].contains(&b'\\')) {
-                return malformed(h, last);
+                return malformed(out);
             }
             if [b'e', b'b', b'x', b'n'].into_iter().any(prefixed) {
                 // E'..', B'..', X'..', N'..' share with '..'.
-                h.pop();
+                out.pop();
             }
-            emit_tag(h, space, last, TAG_LITERAL);
+            out.byte(TAG_LITERAL);
             j
         }
         b'"' => {
             let (j, ok) = skip_quoted_ident(s, i + 1);
             if !ok {
-                return malformed(h, last);
+                return malformed(out);
             }
-            emit_tag(h, space, last, TAG_QUOTED);
-            h.bytes(&s[i..j], false);
-            *last = b'"';
+            out.byte(TAG_QUOTED);
+            out.copy(s, i, j, false);
             j
         }
         _ => {
-            emit_tag(h, space, last, b);
+            out.byte(b);
             i + 1
         }
     }
 }
 
-/// Push a plain run of any length, lower-cased.
-fn emit_run(h: &mut Hasher, space: &mut bool, last: &mut u8, run: &[u8]) {
-    for chunk in run.chunks(8) {
-        let w = lower_word(load_short(chunk));
-        emit(h, space, last, w, chunk.len());
+/// Bytes of the normalised stream kept before they are hashed: most
+/// statements fit, and are hashed in one call.
+const OUT_BUF: usize = 512;
+
+/// The normalised stream on its way into XXH3-128 (the `xxhash-rust`
+/// crate): gathered in a buffer, hashed in one call when it fits and
+/// streamed in buffer-sized pieces when it does not (the same hash).
+struct Normalised {
+    buf: [u8; OUT_BUF],
+    len: usize,
+    seed: u64,
+    /// The last byte streamed, for [`Normalised::last`] after a flush.
+    streamed_last: u8,
+    stream: Option<Xxh3>,
+    /// Everything written, for tests that read the stream itself.
+    #[cfg(test)]
+    seen: Vec<u8>,
+}
+
+impl Normalised {
+    fn new(seed: u64) -> Self {
+        Normalised {
+            buf: [0; OUT_BUF],
+            len: 0,
+            seed,
+            streamed_last: 0,
+            stream: None,
+            #[cfg(test)]
+            seen: Vec::new(),
+        }
+    }
+
+    /// Make room for `k` more bytes. Only ever called right before a write,
+    /// so the byte last written is in the buffer ([`Normalised::pop`]).
+    #[inline(always)]
+    fn room(&mut self, k: usize) {
+        if self.len + k > OUT_BUF {
+            self.flush();
+        }
+    }
+
+    #[cold]
+    fn flush(&mut self) {
+        let part = &self.buf[..self.len];
+        #[cfg(test)]
+        self.seen.extend_from_slice(part);
+        let seed = self.seed;
+        self.stream
+            .get_or_insert_with(|| Xxh3::with_seed(seed))
+            .update(part);
+        if let Some(&b) = part.last() {
+            self.streamed_last = b;
+        }
+        self.len = 0;
+    }
+
+    /// Append the first `k` of these sixteen bytes (one whole store).
+    #[inline(always)]
+    fn put(&mut self, bytes: [u8; 16], k: usize) {
+        self.room(16);
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + 16) {
+            dst.copy_from_slice(&bytes);
+            self.len += k.min(16);
+        }
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.room(1);
+        if let Some(dst) = self.buf.get_mut(self.len) {
+            *dst = b;
+            self.len += 1;
+        }
+    }
+
+    /// Append `s[from..to]`, lower-cased or exact.
+    fn copy(&mut self, s: &[u8], mut from: usize, to: usize, lower: bool) {
+        while from < to {
+            let c = Chunk::load(s, from);
+            let k = (to - from).min(16);
+            self.put(if lower { c.lower() } else { c.bytes() }, k);
+            from += k;
+        }
+    }
+
+    fn last(&self) -> u8 {
+        match self.len {
+            0 => self.streamed_last,
+            n => self.buf[n - 1],
+        }
+    }
+
+    /// One space, unless the stream ends with one already.
+    #[inline]
+    fn space(&mut self) {
+        if self.last() != b' ' {
+            self.byte(b' ');
+        }
+    }
+
+    /// Take back the byte just written.
+    #[inline]
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn finish(&mut self) -> u128 {
+        if self.len > 0 && self.buf[self.len - 1] == b' ' {
+            // A space written before a trailing comment or white space.
+            self.len -= 1;
+        }
+        let rest = &self.buf[..self.len];
+        #[cfg(test)]
+        self.seen.extend_from_slice(rest);
+        match self.stream.take() {
+            Some(mut stream) => {
+                stream.update(rest);
+                stream.digest128()
+            }
+            None => xxh3_128_with_seed(rest, self.seed),
+        }
     }
 }
 
@@ -650,15 +695,6 @@ fn ident_end(s: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Up to eight bytes as a little-endian word, zero-padded.
-#[inline(always)]
-fn load_short(bs: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    let k = bs.len().min(8);
-    w[..k].copy_from_slice(&bs[..k]);
-    u64::from_le_bytes(w)
-}
-
 #[inline(always)]
 fn load8(s: &[u8], i: usize) -> u64 {
     match s.get(i..i + 8) {
@@ -791,149 +827,6 @@ fn skip_number(s: &[u8], mut i: usize) -> usize {
         }
     }
     i
-}
-
-const K0: u64 = 0x9E37_79B1_85EB_CA87;
-const K1: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const K2: u64 = 0x1656_67B1_9E37_79F9;
-const K3: u64 = 0x85EB_CA77_C2B2_AE63;
-const K4: u64 = 0x27D4_EB2F_1656_67C5;
-
-/// 64x64 -> 128 multiply folded to 64 bits (as in foldhash / wyhash).
-#[inline(always)]
-fn fold(a: u64, b: u64) -> u64 {
-    let p = (a as u128).wrapping_mul(b as u128);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-/// A streaming hash yielding 128 bits: bytes are packed into 64-bit words
-/// in a register and each word feeds two independent folded-multiply lanes.
-struct Hasher {
-    a: u64,
-    b: u64,
-    /// Secrets derived from the seed.
-    s0: u64,
-    s1: u64,
-    cur: u64,
-    bits: u32,
-    len: u64,
-}
-
-impl Hasher {
-    fn new(seed: u64) -> Self {
-        let s0 = fold(seed ^ K0, K1) | 1;
-        let s1 = fold(seed ^ K2, K3) | 1;
-        Hasher {
-            a: s0 ^ K4,
-            b: s1.rotate_left(17),
-            s0,
-            s1,
-            cur: 0,
-            bits: 0,
-            len: 0,
-        }
-    }
-
-    #[inline(always)]
-    fn word(&mut self, w: u64) {
-        self.a = fold(self.a ^ w, self.s0);
-        self.b = fold(self.b ^ w.rotate_left(32), self.s1);
-    }
-
-    /// Append the low `n` bytes of `w` (1..=8; higher bytes must be zero).
-    /// A full word is mixed in only when the next push needs room, so the
-    /// last byte pushed can always be taken back ([`Hasher::pop`]).
-    #[inline(always)]
-    fn push(&mut self, w: u64, n: u32) {
-        if self.bits == 64 {
-            let cur = self.cur;
-            self.word(cur);
-            self.cur = 0;
-            self.bits = 0;
-        }
-        self.len += n as u64;
-        let total = self.bits + n * 8;
-        self.cur |= w << self.bits;
-        if total <= 64 {
-            self.bits = total;
-        } else {
-            let cur = self.cur;
-            self.word(cur);
-            self.cur = w >> (64 - self.bits);
-            self.bits = total - 64;
-        }
-    }
-
-    /// Take back the last byte pushed.
-    #[inline]
-    fn pop(&mut self) {
-        if self.bits >= 8 {
-            self.bits -= 8;
-            self.cur &= low_bytes((self.bits / 8) as usize);
-            self.len -= 1;
-        }
-    }
-
-    #[inline(always)]
-    fn byte(&mut self, b: u8) {
-        self.push(b as u64, 1);
-    }
-
-    /// Append `bs`, optionally ASCII-lower-cased, a word at a time.
-    #[inline]
-    fn bytes(&mut self, bs: &[u8], lower: bool) {
-        // Short runs: one load from the whole input when it has room.
-        if bs.len() <= 8 && !bs.is_empty() {
-            let w = load_short(bs);
-            self.push(if lower { lower_word(w) } else { w }, bs.len() as u32);
-            return;
-        }
-        let mut chunks = bs.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            let w = u64::from_le_bytes(w);
-            self.push(if lower { lower_word(w) } else { w }, 8);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            let w = u64::from_le_bytes(w);
-            self.push(if lower { lower_word(w) } else { w }, rest.len() as u32);
-        }
-    }
-
-    fn finish(mut self) -> u128 {
-        if self.bits > 0 {
-            let cur = self.cur;
-            self.word(cur);
-        }
-        let a = fold(self.a ^ self.len, self.s1 ^ K2);
-        let b = fold(self.b ^ self.len.rotate_left(29), self.s0 ^ K3);
-        let hi = avalanche(a ^ b.rotate_left(23));
-        let lo = avalanche(b.wrapping_add(a));
-        ((hi as u128) << 64) | lo as u128
-    }
-}
-
-/// ASCII lower-casing of eight bytes at once; other bytes are unchanged.
-#[inline(always)]
-fn lower_word(w: u64) -> u64 {
-    let low7 = w & !HIGH;
-    let ge_a = low7.wrapping_add(ONES * (0x80 - b'A' as u64));
-    let gt_z = low7.wrapping_add(ONES * (0x7f - b'Z' as u64));
-    let upper = ge_a & !gt_z & !w & HIGH;
-    w | (upper >> 2)
-}
-
-#[inline]
-fn avalanche(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(K1);
-    h ^= h >> 29;
-    h = h.wrapping_mul(K2);
-    h ^ (h >> 32)
 }
 
 #[cfg(test)]
@@ -1072,12 +965,74 @@ mod tests {
         assert_eq!(kinds("-- a\rb")[1], (Word, "b"));
     }
 
+    /// The normalised stream itself, as it is hashed.
+    fn stream(s: &str) -> Vec<u8> {
+        let mut out = Normalised::new(DEFAULT_SEED);
+        normalise(s.as_bytes(), &mut out);
+        let hash = out.finish();
+        assert_eq!(hash, xxh3_128_with_seed(&out.seen, DEFAULT_SEED), "{s}");
+        out.seen
+    }
+
     #[test]
-    fn lower_word_matches_std() {
-        for b in 0..=255u8 {
-            let w = u64::from_le_bytes([b, b'A', b'z', b'@', b'[', b'Z', 0xC3, b'M']);
-            let want = u64::from_le_bytes(w.to_le_bytes().map(|x| x.to_ascii_lowercase()));
-            assert_eq!(lower_word(w), want, "{b}");
+    fn the_stream_is_the_normalised_text() {
+        // `L` stands for the literal tag, `Q` for the quoted-identifier tag.
+        let want = |w: &str| {
+            w.bytes()
+                .map(|b| match b {
+                    b'L' => TAG_LITERAL,
+                    b'Q' => TAG_QUOTED,
+                    b => b,
+                })
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            stream("SELECT  A.b ,\t'x' -- c\n FROM \"T\" WHERE x=$1 /* c */"),
+            want("select a.b , L from Q\"T\" where x=L")
+        );
+        assert_eq!(
+            stream("select t1.c_2, E'x', 1.5e3"),
+            want("select t1.c_2, L, L")
+        );
+        assert_eq!(stream("/* sluice:primary */ SELECT 1")[0], TAG_HINT_PRIMARY);
+        let broken = stream("SELECT 'a ");
+        assert_eq!(broken.last(), Some(&TAG_MALFORMED));
+        assert_ne!(fp("SELECT 'a "), fp("SELECT 'a"));
+    }
+
+    #[test]
+    fn long_texts_stream_the_same_hash() {
+        // Longer than the buffer: hashed in pieces, to the same XXH3 value
+        // as the whole stream in one call (`stream` checks).
+        let cols: Vec<String> = (0..120).map(|i| format!("\"Col{i}\" AS c{i}")).collect();
+        let text = format!("SELECT {} FROM t WHERE a = 'x' AND b = 7", cols.join(",  "));
+        assert!(text.len() > 4 * OUT_BUF);
+        let s = stream(&text);
+        assert!(s.len() > 3 * OUT_BUF);
+        assert!(!s.windows(2).any(|w| w == b"  "));
+        assert_eq!(
+            fp(&text),
+            fp(&text.replace(",  ", ",\n\t").replace("'x'", "'y'"))
+        );
+        let upper = text.replace("AS", "as");
+        assert_eq!(fp(&text), fp(&upper));
+        for at in [
+            OUT_BUF - 1,
+            OUT_BUF,
+            OUT_BUF + 1,
+            2 * OUT_BUF + 3,
+            text.len() - 20,
+        ] {
+            let mut changed = text.clone().into_bytes();
+            if changed[at].is_ascii_lowercase() {
+                changed[at] = if changed[at] == b'z' {
+                    b'y'
+                } else {
+                    changed[at] + 1
+                };
+                let changed = String::from_utf8(changed).unwrap();
+                assert_ne!(fp(&text), fp(&changed), "byte {at}");
+            }
         }
     }
 

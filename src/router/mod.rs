@@ -3,6 +3,7 @@
 //! and load balancer (`replicas`) and the monitor that keeps it current
 //! (`monitor`). Here: cheap keyword scans used before any parse.
 
+mod chunk;
 pub mod classify;
 pub mod cli;
 pub mod fingerprint;
