@@ -406,6 +406,88 @@ async fn schema_change_reaches_a_client_whose_statement_must_be_prepared_again()
 }
 
 #[tokio::test]
+async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_formats() {
+    // A migration run straight against the primary, which sluice never sees.
+    // A client that asks for each column's format (pgjdbc does, once it reads
+    // binary), whose statement must be prepared again on its server, sends as
+    // many formats as its cached description has columns. It gets the error
+    // PostgreSQL gives on a server that held the old plan, which drivers
+    // answer by preparing again, not "bind message has 2 result formats but
+    // query has 3 columns".
+    let addr = pooler_with(
+        "default_pool_size = 1\nmax_prepared_statements = 1",
+        PRIMARY_ONLY,
+    )
+    .await;
+    let c = connect(addr).await;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS plan_f; CREATE TABLE plan_f (a int, b int); INSERT INTO plan_f VALUES (1, 2); GRANT ALL ON plan_f TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("cols", "SELECT * FROM plan_f", [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    raw.until_ready().await;
+    let run = |columns: u16, out: &mut BytesMut| {
+        let mut body = b"\0cols\0\0\0\0\0".to_vec();
+        body.extend_from_slice(&columns.to_be_bytes());
+        for _ in 0..columns {
+            body.extend_from_slice(&1u16.to_be_bytes());
+        }
+        out.extend_from_slice(&frame(b'B', &body));
+        frontend::execute("", 0, out).unwrap();
+        frontend::sync(out);
+    };
+    let tags = |replies: &[(u8, BytesMut)]| replies.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    out.clear();
+    run(2, &mut out);
+    raw.send(&out).await;
+    assert_eq!(tags(&raw.until_ready().await), b"2DCZ");
+
+    // The client's server forgets the statement (it holds one at most).
+    out.clear();
+    frontend::parse("other", "SELECT 1", [], &mut out).unwrap();
+    bind_no_params("other", &mut out);
+    frontend::execute("", 0, &mut out).unwrap();
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(tags(&raw.until_ready().await), b"12DCZ");
+    connect_primary()
+        .await
+        .batch_execute("ALTER TABLE plan_f ADD COLUMN c int")
+        .await
+        .unwrap();
+    out.clear();
+    run(2, &mut out);
+    raw.send(&out).await;
+    let replies = raw.until_ready().await;
+    let (_, err) = replies
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("an error for the stale description");
+    assert_eq!(
+        error_code(err),
+        "0A000",
+        "{:?}",
+        String::from_utf8_lossy(err)
+    );
+
+    // Prepared again, the statement answers in the new shape.
+    out.clear();
+    frontend::close(b'S', "cols", &mut out).unwrap();
+    frontend::parse("cols", "SELECT * FROM plan_f", [], &mut out).unwrap();
+    run(3, &mut out);
+    raw.send(&out).await;
+    let replies = raw.until_ready().await;
+    assert_eq!(tags(&replies), b"312DCZ");
+    let (_, row) = replies.iter().find(|(t, _)| *t == b'D').unwrap();
+    assert_eq!(u16::from_be_bytes([row[0], row[1]]), 3);
+}
+
+#[tokio::test]
 async fn sql_prepare_execute_deallocate_across_servers() {
     let addr = pooler("default_pool_size = 3").await;
     let a = connect(addr).await;

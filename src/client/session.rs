@@ -1275,6 +1275,7 @@ impl Session {
         let mut flushed = 0;
         let mut idle = false;
         let mut plan_changed = false;
+        let mut formats_outdated = false;
         let mut replace_error = false;
         while !idle {
             // The pooler's own replies go out as soon as everything owed
@@ -1325,6 +1326,9 @@ impl Session {
                             self.stale_bind = false;
                             plan_changed = fields.code == "0A000"
                                 && fields.message == "cached plan must not change result type";
+                            formats_outdated = fields.code == sqlstate::PROTOCOL_VIOLATION
+                                && fields.message.starts_with("bind message has ")
+                                && fields.message.contains(" result formats but query has ");
                             self.route.pending_set = None;
                             if self.route.retry.armed && route::retryable(&fields.code) {
                                 // A replica refused a read before answering
@@ -1383,6 +1387,21 @@ impl Session {
                         }
                     }
                     plan_changed = false;
+                }
+                if std::mem::take(&mut formats_outdated) {
+                    // One result format per column, counted from a row
+                    // description the client cached, and the statement was
+                    // planned here after the table changed (a change made
+                    // outside sluice, or one it had not counted yet). A
+                    // server holding the old plan would have refused it:
+                    // give the client that error, which drivers answer by
+                    // preparing again, and new Parses a new version.
+                    if let Some(old) = srv.owed.error_on_bind() {
+                        if let Some(stmt) = self.statements.find(old).cloned() {
+                            self.app.statements.new_version(&stmt, old);
+                            replace_error = true;
+                        }
+                    }
                 }
                 for id in srv.owed.take_failed_parses() {
                     srv.prepared.remove(id);
