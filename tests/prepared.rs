@@ -280,15 +280,7 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     run(&mut out);
     raw.send(&out).await;
     let before = raw.until_ready().await;
-    assert_eq!(
-        before.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"2TDCZ",
-        "{:?}",
-        before
-            .iter()
-            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_tags(&before, b"2TDCZ");
     c.batch_execute("ALTER TABLE plan_t ADD COLUMN b int DEFAULT 7")
         .await
         .unwrap();
@@ -296,15 +288,7 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     raw.send(&out).await;
     let after = raw.until_ready().await;
     // No error: the statement was prepared again and the row has both columns.
-    assert_eq!(
-        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"2TDCZ",
-        "{:?}",
-        after
-            .iter()
-            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_tags(&after, b"2TDCZ");
     let (_, row) = after.iter().find(|(t, _)| *t == b'D').unwrap();
     assert_eq!(u16::from_be_bytes([row[0], row[1]]), 2);
     // Inside an explicit transaction PostgreSQL's error stands.
@@ -354,17 +338,7 @@ async fn schema_change_reaches_a_client_whose_statement_must_be_prepared_again()
     // the new shape under the description this client cached: it must get
     // PostgreSQL's error instead, and a client that describes the portal
     // gets the answer in the new shape.
-    let addr = pooler_with(
-        "default_pool_size = 1\nmax_prepared_statements = 1",
-        PRIMARY_ONLY,
-    )
-    .await;
-    let c = connect(addr).await;
-    c.batch_execute(
-        "DROP TABLE IF EXISTS plan_w; CREATE TABLE plan_w (a int); INSERT INTO plan_w VALUES (1); GRANT ALL ON plan_w TO PUBLIC",
-    )
-    .await
-    .unwrap();
+    let (addr, c) = one_statement_per_server("plan_w (a int)", "1").await;
     let stmt = c.prepare("SELECT * FROM plan_w").await.unwrap();
     assert_eq!(c.query(&stmt, &[]).await.unwrap().len(), 1);
     let mut raw = Raw::login(addr, "app").await;
@@ -392,15 +366,7 @@ async fn schema_change_reaches_a_client_whose_statement_must_be_prepared_again()
     frontend::sync(&mut out);
     raw.send(&out).await;
     let replies = raw.until_ready().await;
-    assert_eq!(
-        replies.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"2TDCZ",
-        "{:?}",
-        replies
-            .iter()
-            .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_tags(&replies, b"2TDCZ");
     let (_, row) = replies.iter().find(|(t, _)| *t == b'D').unwrap();
     assert_eq!(u16::from_be_bytes([row[0], row[1]]), 2);
 }
@@ -414,17 +380,7 @@ async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_fo
     // PostgreSQL gives on a server that held the old plan, which drivers
     // answer by preparing again, not "bind message has 2 result formats but
     // query has 3 columns".
-    let addr = pooler_with(
-        "default_pool_size = 1\nmax_prepared_statements = 1",
-        PRIMARY_ONLY,
-    )
-    .await;
-    let c = connect(addr).await;
-    c.batch_execute(
-        "DROP TABLE IF EXISTS plan_f; CREATE TABLE plan_f (a int, b int); INSERT INTO plan_f VALUES (1, 2); GRANT ALL ON plan_f TO PUBLIC",
-    )
-    .await
-    .unwrap();
+    let (addr, _c) = one_statement_per_server("plan_f (a int, b int)", "1, 2").await;
     let mut raw = Raw::login(addr, "app").await;
     let mut out = BytesMut::new();
     frontend::parse("cols", "SELECT * FROM plan_f", [], &mut out).unwrap();
@@ -441,11 +397,10 @@ async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_fo
         frontend::execute("", 0, out).unwrap();
         frontend::sync(out);
     };
-    let tags = |replies: &[(u8, BytesMut)]| replies.iter().map(|(t, _)| *t).collect::<Vec<_>>();
     out.clear();
     run(2, &mut out);
     raw.send(&out).await;
-    assert_eq!(tags(&raw.until_ready().await), b"2DCZ");
+    assert_tags(&raw.until_ready().await, b"2DCZ");
 
     // The client's server forgets the statement (it holds one at most).
     out.clear();
@@ -454,7 +409,7 @@ async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_fo
     frontend::execute("", 0, &mut out).unwrap();
     frontend::sync(&mut out);
     raw.send(&out).await;
-    assert_eq!(tags(&raw.until_ready().await), b"12DCZ");
+    assert_tags(&raw.until_ready().await, b"12DCZ");
     connect_primary()
         .await
         .batch_execute("ALTER TABLE plan_f ADD COLUMN c int")
@@ -482,7 +437,7 @@ async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_fo
     run(3, &mut out);
     raw.send(&out).await;
     let replies = raw.until_ready().await;
-    assert_eq!(tags(&replies), b"312DCZ");
+    assert_tags(&replies, b"312DCZ");
     let (_, row) = replies.iter().find(|(t, _)| *t == b'D').unwrap();
     assert_eq!(u16::from_be_bytes([row[0], row[1]]), 3);
 }
@@ -533,4 +488,36 @@ async fn first_value(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
             _ => None,
         })
+}
+
+/// A primary-only sluice with one server per pool, each holding one prepared
+/// statement at most, and a fresh table (`table` is its name and columns)
+/// holding one row of `values`; with a client connected through it.
+async fn one_statement_per_server(
+    table: &str,
+    values: &str,
+) -> (std::net::SocketAddr, tokio_postgres::Client) {
+    let addr = pooler_with(
+        "default_pool_size = 1\nmax_prepared_statements = 1",
+        PRIMARY_ONLY,
+    )
+    .await;
+    let c = connect(addr).await;
+    let name = table.split(' ').next().unwrap_or(table);
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {name}; CREATE TABLE {table}; INSERT INTO {name} VALUES ({values}); GRANT ALL ON {name} TO PUBLIC"
+    ))
+    .await
+    .unwrap();
+    (addr, c)
+}
+
+/// The replies' message types are `want`; on failure, shows their bodies.
+fn assert_tags(replies: &[(u8, BytesMut)], want: &[u8]) {
+    let tags: Vec<u8> = replies.iter().map(|(t, _)| *t).collect();
+    let bodies: Vec<_> = replies
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(tags, want, "{bodies:?}");
 }
