@@ -1374,32 +1374,23 @@ impl Session {
                 }
             }
             if tag == btag::ERROR_RESPONSE {
-                if plan_changed {
+                let formats_outdated = std::mem::take(&mut formats_outdated);
+                if std::mem::take(&mut plan_changed) || formats_outdated {
                     // The schema changed under this statement: new Parses get
                     // a new version with a fresh plan; a batch about to be
-                    // retried moves to it too.
+                    // retried moves to it too. Outdated formats (one per
+                    // column of a description the client cached, met by a
+                    // plan made here after the table changed, outside sluice
+                    // or before it counted the change) get the error a
+                    // server holding the old plan gives, which drivers
+                    // answer by preparing again.
                     if let Some(old) = srv.owed.error_on_bind() {
                         if let Some(stmt) = self.statements.find(old).cloned() {
                             let new = self.app.statements.new_version(&stmt, old);
                             if self.replay.state == ReplayState::Swallowing {
                                 self.statements.upgrade(old, new);
                             }
-                        }
-                    }
-                    plan_changed = false;
-                }
-                if std::mem::take(&mut formats_outdated) {
-                    // One result format per column, counted from a row
-                    // description the client cached, and the statement was
-                    // planned here after the table changed (a change made
-                    // outside sluice, or one it had not counted yet). A
-                    // server holding the old plan would have refused it:
-                    // give the client that error, which drivers answer by
-                    // preparing again, and new Parses a new version.
-                    if let Some(old) = srv.owed.error_on_bind() {
-                        if let Some(stmt) = self.statements.find(old).cloned() {
-                            self.app.statements.new_version(&stmt, old);
-                            replace_error = true;
+                            replace_error |= formats_outdated;
                         }
                     }
                 }

@@ -4,6 +4,8 @@
 //! crate does this classification: it is a handful of byte compares, written
 //! here so the scan runs without a branch per byte.
 
+use super::fingerprint::is_space;
+
 /// Bytes that may need more than copying into the normalised stream: white
 /// space (a single space before a byte that is not white space is copied as
 /// is), quotes, `$`, digits and `-` `/` (comment starts). `#` comes along,
@@ -11,11 +13,6 @@
 #[inline(always)]
 pub(crate) fn is_special_byte(b: u8) -> bool {
     matches!(b, 9..=13 | b'"'..=b'$' | b'\'' | b'-' | b'/'..=b'9')
-}
-
-#[inline(always)]
-fn is_ws(b: u8) -> bool {
-    matches!(b, 9..=13 | b' ')
 }
 
 /// Sixteen bytes of input, zero-padded past its end.
@@ -61,7 +58,7 @@ impl Chunk {
 /// Whether `s[i]` is white space; false past the end.
 #[inline(always)]
 pub(crate) fn ws_at(s: &[u8], i: usize) -> bool {
-    s.get(i).is_some_and(|&b| is_ws(b))
+    s.get(i).is_some_and(|&b| is_space(b))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -166,7 +163,7 @@ fn reference_masks(v: &[u8; 16]) -> (u32, u32, u32) {
     let (mut other, mut ws, mut sp) = (0, 0, 0);
     for (j, &b) in v.iter().enumerate() {
         other |= (is_special_byte(b) as u32) << j;
-        ws |= (is_ws(b) as u32) << j;
+        ws |= (is_space(b) as u32) << j;
         sp |= ((b == b' ') as u32) << j;
     }
     (other, ws, sp)
@@ -180,7 +177,7 @@ mod tests {
     fn reference_special(v: &[u8; 16], next_ws: bool) -> u32 {
         let mut m = 0;
         for j in 0..16 {
-            let next = if j == 15 { next_ws } else { is_ws(v[j + 1]) };
+            let next = if j == 15 { next_ws } else { is_space(v[j + 1]) };
             if is_special_byte(v[j]) || (v[j] == b' ' && next) {
                 m |= 1 << j;
             }
