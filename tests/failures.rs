@@ -177,7 +177,8 @@ async fn client_killed_mid_query_does_not_poison_the_pool() {
 
 #[tokio::test]
 async fn server_killed_mid_query_gives_an_error_and_the_pool_heals() {
-    let addr = pooler("default_pool_size = 1").await;
+    // Primary only: the pid read and the pg_sleep must share one server.
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let c = connect(addr).await;
     let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     let sleeper = tokio::spawn(async move {
@@ -203,7 +204,8 @@ async fn server_killed_mid_query_gives_an_error_and_the_pool_heals() {
 
 #[tokio::test]
 async fn server_closed_while_idle_in_pool_is_replaced() {
-    let addr = pooler("default_pool_size = 1").await;
+    // Primary only: the pid is terminated on the primary.
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let c = connect(addr).await;
     let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     let primary = connect_primary().await;
@@ -433,7 +435,12 @@ async fn server_idle_timeout_closes_unused_servers() {
 
 #[tokio::test]
 async fn server_lifetime_replaces_old_servers() {
-    let addr = pooler("default_pool_size = 1\nserver_lifetime = \"500ms\"").await;
+    // Primary only: with replicas the two reads could differ by server alone.
+    let addr = pooler_with(
+        "default_pool_size = 1\nserver_lifetime = \"500ms\"",
+        PRIMARY_ONLY,
+    )
+    .await;
     let c = connect(addr).await;
     let first: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
     tokio::time::sleep(Duration::from_millis(1500)).await;

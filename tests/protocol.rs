@@ -346,7 +346,12 @@ async fn transaction_mode_refuses_listen_clearly() {
 
 #[tokio::test]
 async fn statement_mode_refuses_transactions() {
-    let addr = pooler("pool_mode = \"statement\"\ndefault_pool_size = 1").await;
+    // Primary only: pg_stat_activity below must be the one BEGIN reached.
+    let addr = pooler_with(
+        "pool_mode = \"statement\"\ndefault_pool_size = 1",
+        PRIMARY_ONLY,
+    )
+    .await;
     let c = connect(addr).await;
     assert_eq!(
         c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
