@@ -97,7 +97,12 @@ async fn statements_are_shared_and_answered_without_a_round_trip() {
 
 #[tokio::test]
 async fn servers_hold_at_most_max_prepared_statements() {
-    let addr = pooler("default_pool_size = 1\nmax_prepared_statements = 3").await;
+    // Primary only: the count must be read on the server that ran them all.
+    let addr = pooler_with(
+        "default_pool_size = 1\nmax_prepared_statements = 3",
+        PRIMARY_ONLY,
+    )
+    .await;
     let c = connect(addr).await;
     let mut stmts = Vec::new();
     for i in 0..8 {

@@ -248,7 +248,9 @@ async fn transaction_mode_holds_the_server_for_the_whole_transaction() {
 
 #[tokio::test]
 async fn waiting_clients_are_served_first_come_first_served() {
-    let addr = pooler("default_pool_size = 1").await;
+    // Primary only: one server in all, and BEGIN takes it at once (a routing
+    // pooler would hold BEGIN until the transaction's first statement).
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let holder = connect(addr).await;
     holder.batch_execute("BEGIN").await.unwrap();
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -264,6 +266,10 @@ async fn waiting_clients_are_served_first_come_first_served() {
         // Let each waiter reach the queue before the next one.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "every waiter waits for the holder's server"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     for w in waiters {
         w.await.unwrap();
@@ -516,7 +522,8 @@ async fn normalised_parameter_values_are_reported() {
 
 #[tokio::test]
 async fn reset_all_does_not_leave_sluice_guessing_parameters() {
-    let addr = pooler("default_pool_size = 1").await;
+    // Primary only: SHOW must run on the server that ran RESET ALL.
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
     let conn = format!(
         "{} options='-c search_path=pg_catalog'",
         conn_string(addr, "app", APP_PASSWORD, "app")

@@ -396,13 +396,42 @@ async fn temporary_tables_pin_the_client_to_its_server() {
 async fn route_primary_or_routing_off_sends_everything_to_the_primary() {
     setup();
     for tail in ["route = \"primary\"", PRIMARY_ONLY] {
-        let addr = pooler_with("", tail).await;
+        let text = config_text(sluice::cluster::free_port(), "", tail);
+        let cfg = sluice::config::Config::parse(&text, "test").unwrap();
+        let (app, addr) = start_app(cfg).await;
         let c = connect(addr).await;
         for _ in 0..10 {
             let p = port_of(&c, "SELECT inet_server_port()").await;
             assert_eq!(p, primary_port(), "{tail}");
         }
+        // The primary answered because of the policy, not because the monitor
+        // had not admitted the replicas yet: the metrics say why.
+        let scrape = http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
+            .await
+            .1;
+        assert!(
+            routed(&scrape, "primary", Some("routing_off")) >= 10.0,
+            "{tail}: {scrape}"
+        );
+        assert_eq!(routed(&scrape, "replica", None), 0.0, "{tail}");
+        assert_eq!(
+            routed(&scrape, "primary", None),
+            routed(&scrape, "primary", Some("routing_off")),
+            "{tail}: every unit went to the primary as routing_off"
+        );
     }
+}
+
+/// The sum of `sluice_routed_total` for database `app`, this target, and
+/// this reason (or every reason).
+fn routed(scrape: &str, target: &str, reason: Option<&str>) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("sluice_routed_total{") && l.contains("database=\"app\""))
+        .filter(|l| l.contains(&format!("target=\"{target}\"")))
+        .filter(|l| reason.map_or(true, |r| l.contains(&format!("reason=\"{r}\""))))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test]
@@ -420,16 +449,28 @@ async fn no_fit_replica_falls_back_or_fails_as_configured() {
     };
     for fallback in ["primary", "error"] {
         let cfg = sluice::config::Config::parse(&text(fallback, 0), "test").unwrap();
-        let addr = start_in_shared_runtime(cfg).await;
+        let (app, addr) = start_app(cfg).await;
         let client = connect(addr).await;
-        // Reads calling functions wait for the function catalog (they go to
-        // the primary until it is loaded), so ask until the answer settles.
+        // A read that calls no function: it does not wait for the function
+        // catalog, so it goes straight to a replica or, with none fit, to the
+        // fallback. Asked until the answer settles, in case of a slow start.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let r = client.query_one("SELECT inet_server_port()", &[]).await;
+            let r = client
+                .query_one(
+                    "SELECT setting::int FROM pg_settings WHERE name = 'port'",
+                    &[],
+                )
+                .await;
             match (fallback, r) {
                 ("primary", Ok(row)) => {
                     assert_eq!(row.get::<_, i32>(0) as u16, primary_port());
+                    let http = app.http_addr().expect("HTTP endpoint");
+                    let scrape = http_get(http, "/metrics").await.1;
+                    assert!(
+                        routed(&scrape, "primary", Some("no_replica")) >= 1.0,
+                        "the read fell back for want of a replica: {scrape}"
+                    );
                     break;
                 }
                 ("error", Err(e)) => {

@@ -464,8 +464,10 @@ public class PgJdbcCheck {
         String t = tbl("shared");
         Stats stats = new Stats();
         try (Connection admin = connect(0)) {
-            exec(admin, "CREATE TABLE " + t + " (id int PRIMARY KEY, v int)");
-            exec(admin, "INSERT INTO " + t + " SELECT g, -g FROM generate_series(1, 50) g");
+            // Table and rows in one commit: read-your-writes is per connection, so
+            // a reader on a replica between a CREATE and an INSERT would see no rows.
+            exec(admin, "CREATE TABLE " + t + " AS SELECT g AS id, -g AS v FROM generate_series(1, 50) g");
+            exec(admin, "ALTER TABLE " + t + " ADD PRIMARY KEY (id)");
             AtomicIntegerArray reads = new AtomicIntegerArray(CLIENTS);
             int[] step = {0}; // changes committed; guarded by `step`
             boolean[] done = {false};

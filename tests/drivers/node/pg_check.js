@@ -318,8 +318,10 @@ async function phaseSchemaChange() {
   await admin.connect();
   const readers = [];
   try {
-    await admin.query(`CREATE TABLE ${t} (id int PRIMARY KEY, v int)`);
-    await admin.query(`INSERT INTO ${t} SELECT g, -g FROM generate_series(1, 50) g`);
+    // Table and rows in one commit: read-your-writes is per connection, so a
+    // reader on a replica between a CREATE and an INSERT would see no rows.
+    await admin.query(`CREATE TABLE ${t} AS SELECT g AS id, -g AS v FROM generate_series(1, 50) g`);
+    await admin.query(`ALTER TABLE ${t} ADD PRIMARY KEY (id)`);
     for (let i = 0; i < CLIENTS; i++) {
       const c = new pg.Client(config());
       readers.push(c);

@@ -384,8 +384,10 @@ async def phase_schema_change():
     t = tbl("shared")
     stats = Stats()
     admin = await connect()
-    await admin.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, v int)")
-    await admin.execute(f"INSERT INTO {t} SELECT g, -g FROM generate_series(1, 50) g")
+    # Table and rows in one commit: read-your-writes is per connection, so a
+    # reader on a replica between a CREATE and an INSERT would see no rows.
+    await admin.execute(f"CREATE TABLE {t} AS SELECT g AS id, -g AS v FROM generate_series(1, 50) g")
+    await admin.execute(f"ALTER TABLE {t} ADD PRIMARY KEY (id)")
     step = 0  # how many changes have committed (an index into SHAPES)
     reads = [0] * CLIENTS  # reads of the current shape, per reader
     done = False

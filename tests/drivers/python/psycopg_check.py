@@ -440,8 +440,12 @@ def phase_schema_change():
     before = threading.Barrier(readers + 1, timeout=TIMEOUT)
     after = threading.Barrier(readers + 1, timeout=TIMEOUT)
     with connect() as admin:
-        admin.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v int)").format(t))
-        admin.execute(sql.SQL("INSERT INTO {} SELECT g, -g FROM generate_series(1, 50) g").format(t))
+        # Table and rows in one commit: read-your-writes is per connection, so
+        # a reader on a replica between a CREATE and an INSERT would see no rows.
+        admin.execute(
+            sql.SQL("CREATE TABLE {} AS SELECT g AS id, -g AS v FROM generate_series(1, 50) g").format(t)
+        )
+        admin.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(t))
 
         alter_error = []
 
