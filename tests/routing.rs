@@ -429,7 +429,7 @@ fn routed(scrape: &str, target: &str, reason: Option<&str>) -> f64 {
         .lines()
         .filter(|l| l.starts_with("sluice_routed_total{") && l.contains("database=\"app\""))
         .filter(|l| l.contains(&format!("target=\"{target}\"")))
-        .filter(|l| reason.map_or(true, |r| l.contains(&format!("reason=\"{r}\""))))
+        .filter(|l| reason.is_none_or(|r| l.contains(&format!("reason=\"{r}\""))))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
