@@ -129,14 +129,8 @@ async fn servers_hold_at_most_max_prepared_statements() {
 #[tokio::test]
 async fn close_forgets_only_the_clients_name() {
     let addr = pooler("default_pool_size = 1").await;
-    let mut raw = Raw::login(addr, "app").await;
+    let mut raw = Raw::login_and_prepare(addr, "app", "mine", "SELECT 41 + 1").await;
     let mut out = BytesMut::new();
-    frontend::parse("mine", "SELECT 41 + 1", [], &mut out).unwrap();
-    frontend::sync(&mut out);
-    raw.send(&out).await;
-    let msgs = raw.until_ready().await;
-    assert_eq!(msgs[0].0, b'1');
-    out.clear();
     frontend::close(b'S', "mine", &mut out).unwrap();
     frontend::sync(&mut out);
     raw.send(&out).await;
@@ -269,12 +263,8 @@ async fn schema_change_under_a_prepared_statement_is_retried() {
     c.batch_execute("DROP TABLE IF EXISTS plan_t; CREATE TABLE plan_t (a int); INSERT INTO plan_t VALUES (1); GRANT ALL ON plan_t TO PUBLIC")
         .await
         .unwrap();
-    let mut raw = Raw::login(addr, "app").await;
+    let mut raw = Raw::login_and_prepare(addr, "app", "all_rows", "SELECT * FROM plan_t").await;
     let mut out = BytesMut::new();
-    frontend::parse("all_rows", "SELECT * FROM plan_t", [], &mut out).unwrap();
-    frontend::sync(&mut out);
-    raw.send(&out).await;
-    raw.until_ready().await;
     // Bind, Describe of the portal, Execute: the client learns the row shape
     // from this batch, so a retry cannot surprise it.
     let run = |out: &mut BytesMut| {
@@ -348,12 +338,8 @@ async fn schema_change_reaches_a_client_whose_statement_must_be_prepared_again()
     let (addr, c) = one_statement_per_server("plan_w (a int)", "1").await;
     let stmt = c.prepare("SELECT * FROM plan_w").await.unwrap();
     assert_eq!(c.query(&stmt, &[]).await.unwrap().len(), 1);
-    let mut raw = Raw::login(addr, "app").await;
+    let mut raw = Raw::login_and_prepare(addr, "app", "described", "SELECT * FROM plan_w").await;
     let mut out = BytesMut::new();
-    frontend::parse("described", "SELECT * FROM plan_w", [], &mut out).unwrap();
-    frontend::sync(&mut out);
-    raw.send(&out).await;
-    raw.until_ready().await;
     let other = c.prepare("SELECT 1").await.unwrap();
     c.query(&other, &[]).await.unwrap();
     let admin = connect(addr).await;
@@ -388,12 +374,8 @@ async fn schema_change_made_outside_sluice_reaches_a_client_asking_for_column_fo
     // answer by preparing again, not "bind message has 2 result formats but
     // query has 3 columns".
     let (addr, _c) = one_statement_per_server("plan_f (a int, b int)", "1, 2").await;
-    let mut raw = Raw::login(addr, "app").await;
+    let mut raw = Raw::login_and_prepare(addr, "app", "cols", "SELECT * FROM plan_f").await;
     let mut out = BytesMut::new();
-    frontend::parse("cols", "SELECT * FROM plan_f", [], &mut out).unwrap();
-    frontend::sync(&mut out);
-    raw.send(&out).await;
-    raw.until_ready().await;
     let run = |columns: u16, out: &mut BytesMut| {
         let mut body = b"\0cols\0\0\0\0\0".to_vec();
         body.extend_from_slice(&columns.to_be_bytes());

@@ -242,6 +242,18 @@ impl Raw {
         raw
     }
 
+    /// Logs in as `login` does, then prepares `name` as `sql` (Parse, Sync).
+    pub async fn login_and_prepare(addr: SocketAddr, db: &str, name: &str, sql: &str) -> Raw {
+        let mut raw = Raw::login(addr, db).await;
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::parse(name, sql, [], &mut out).unwrap();
+        postgres_protocol::message::frontend::sync(&mut out);
+        raw.send(&out).await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(msgs[0].0, b'1', "ParseComplete expected: {msgs:?}");
+        raw
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("raw write");
     }
