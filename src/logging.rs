@@ -1,6 +1,7 @@
-//! tracing setup: readable text or JSON lines, with a level filter that a
-//! reload can change.
+//! tracing setup: readable text or JSON lines on stderr, with a level filter
+//! that a reload can change.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,14 +26,36 @@ pub fn init(format: LogFormat, level: &str) {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(colour(
+                        std::io::stderr().is_terminal(),
+                        std::env::var_os("NO_COLOR"),
+                    )),
+            )
+            .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_target(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
             .try_init(),
     };
     if installed.is_ok() {
         let _ = FILTER.set(handle);
     }
+}
+
+/// Colour codes only on a terminal, and not when `NO_COLOR` is set to
+/// anything non-empty (no-color.org): in a file, a pipe or a pod's log they are
+/// noise.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Applies a new `log_level` (a reload); a no-op under `SLUICE_LOG` or when
@@ -46,5 +69,18 @@ pub fn set_level(level: &str) {
     };
     if let Err(e) = handle.reload(filter) {
         tracing::warn!("cannot change the log level: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }
