@@ -648,6 +648,70 @@ primary = "127.0.0.1:5432"
 replicas = ["127.0.0.1:5433"]
 "#;
 
+    /// The example file is the reference users copy: every key the code
+    /// accepts is in it, and its values are the defaults.
+    #[test]
+    fn example_file_lists_every_key_with_its_default() {
+        let text = include_str!("../../pooler.toml").replace("${APP_PASSWORD}", "x");
+        let example = Config::parse(&text, "pooler.toml").unwrap();
+        let default = Config::default();
+        assert_eq!(example.pooler, default.pooler);
+        assert_eq!(example.auth, default.auth);
+        assert_eq!(example.http, default.http);
+        assert_eq!(example.routing, default.routing);
+        // Every optional key shows when set, so this renders every key there is.
+        let mut all = default;
+        all.users.insert(
+            "u".into(),
+            UserConfig {
+                password: Some("x".into()),
+                auth: Some(AuthType::Md5),
+                pool_mode: Some(PoolMode::Session),
+                pool_size: Some(1),
+                route: Some(Route::Primary),
+            },
+        );
+        all.databases.insert(
+            "d".into(),
+            DatabaseConfig {
+                primary: "h:1".into(),
+                replicas: vec!["h:2".into()],
+                replica_weights: vec![1],
+                dbname: Some("d".into()),
+                pool_size: Some(1),
+                min_pool_size: Some(1),
+                pool_mode: Some(PoolMode::Session),
+                server_user: Some("s".into()),
+                server_password: Some("x".into()),
+                route: Some(Route::Primary),
+            },
+        );
+        let rendered: toml::Table = toml::from_str(&all.render()).unwrap();
+        let listed = |key: &str| {
+            text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+            })
+        };
+        let mut missing = Vec::new();
+        for (section, table) in &rendered {
+            let tables: Vec<&toml::Table> = match section.as_str() {
+                "users" | "databases" => table
+                    .as_table()
+                    .into_iter()
+                    .flat_map(|t| t.values().filter_map(|v| v.as_table()))
+                    .collect(),
+                _ => table.as_table().into_iter().collect(),
+            };
+            for key in tables.iter().flat_map(|t| t.keys()) {
+                if !listed(key) {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in pooler.toml: {missing:?}");
+    }
+
     #[test]
     fn parses_a_good_file() {
         let c = Config::parse(GOOD, "t.toml").unwrap();
