@@ -330,24 +330,64 @@ async fn session_mode_listen_notify() {
     assert!(String::from_utf8_lossy(&body).contains("hello"));
 }
 
+/// LISTEN in transaction and statement mode pins the client to its server,
+/// with routing on or off: notifications arrive, the pin is counted, and the
+/// server is reset before anyone else gets it.
 #[tokio::test]
-async fn transaction_mode_refuses_listen_clearly() {
-    let addr = pooler("pool_mode = \"transaction\"").await;
-    let c = connect(addr).await;
-    let e = c.batch_execute("LISTEN some_channel").await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
-    assert!(e
-        .as_db_error()
-        .unwrap()
-        .message()
-        .contains("transaction or statement pooling"));
-    // Extended protocol too, and the session goes on.
-    let e = c.execute("LISTEN some_channel", &[]).await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
-    assert_eq!(
-        c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0),
-        3
-    );
+async fn listen_pins_the_client_in_transaction_and_statement_mode() {
+    for (mode, tail) in [
+        ("transaction", ""),
+        ("transaction", PRIMARY_ONLY),
+        ("statement", ""),
+    ] {
+        let text = config_text(
+            sluice::cluster::free_port(),
+            &format!("pool_mode = \"{mode}\"\ndefault_pool_size = 1"),
+            tail,
+        );
+        let cfg = sluice::config::Config::parse(&text, "test").unwrap();
+        let (app, addr) = start_app(cfg).await;
+        let channel = format!("chan_{mode}_{}", tail.len());
+        let mut listener = Raw::login(addr, "app").await;
+        let mut out = BytesMut::new();
+        frontend::query(&format!("LISTEN {channel}"), &mut out).unwrap();
+        listener.send(&out).await;
+        let msgs = listener.until_ready().await;
+        assert_eq!(msgs[0].0, b'C', "{mode} {tail}: {msgs:?}");
+        // More work on the same connection keeps the same server.
+        out.clear();
+        frontend::query("SELECT 1", &mut out).unwrap();
+        listener.send(&out).await;
+        listener.until_ready().await;
+        let notifier = connect(addr).await;
+        notifier
+            .batch_execute(&format!("NOTIFY {channel}, 'hello'"))
+            .await
+            .unwrap();
+        let (tag, body) = listener.recv().await.expect("notification");
+        assert_eq!(tag, b'A', "{mode} {tail}");
+        assert!(String::from_utf8_lossy(&body).contains("hello"));
+        let scrape = http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
+            .await
+            .1;
+        assert!(
+            scrape.contains("sluice_pins_total{reason=\"listen\"} 1"),
+            "{mode} {tail}: {scrape}"
+        );
+        // The one server of the listener's pool is reset before reuse.
+        drop(listener);
+        let mut next = Raw::login(addr, "app").await;
+        out.clear();
+        frontend::query(
+            "/* sluice:primary */ SELECT count(*) FROM pg_listening_channels()",
+            &mut out,
+        )
+        .unwrap();
+        next.send(&out).await;
+        let msgs = next.until_ready().await;
+        let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+        assert!(row.1.ends_with(b"0"), "{mode} {tail}: still listening");
+    }
 }
 
 #[tokio::test]

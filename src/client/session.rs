@@ -30,6 +30,7 @@ use crate::protocol::frames::{
 };
 use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::{btag, read_cstr, tag, FrameScanner, Piece};
+use crate::router::classify::PinReason;
 use crate::router::starts_with_keyword;
 use crate::server::params::is_server_owned;
 use crate::server::prepared::Held;
@@ -855,6 +856,7 @@ impl Session {
             // each of those is told by its first keyword, so one look at it
             // spares the common SELECT all the other tests.
             let mut special = false;
+            let mut listen = false;
             if let Piece::Frame { tag, len } = piece {
                 // The end of a unit: on a replica, the next one is routed anew.
                 self.route.unit_sent |= matches!(tag, tag::QUERY | tag::SYNC);
@@ -866,10 +868,19 @@ impl Session {
                         body
                     };
                     special = !crate::router::first_keyword(sql).eq_ignore_ascii_case(b"SELECT");
+                    // Notifications reach only this server's session: the
+                    // client keeps it (routing off too, where no unit is
+                    // classified).
+                    listen = special
+                        && self.mode != PoolMode::Session
+                        && starts_with_keyword(sql, "LISTEN");
                     if special && self.watches_schema_changes() && route::changes_schema(sql) {
                         self.note_schema_change(route::changes_result_shapes(sql));
                     }
                 }
+            }
+            if listen {
+                self.pin(PinReason::Listen);
             }
             match piece {
                 Piece::NeedMore => break,
@@ -883,19 +894,6 @@ impl Session {
                         self.send_to_server(srv, flushed, pos).await?;
                         self.rbuf.clear();
                         return Err(Exit::Quit);
-                    }
-                    tag::QUERY | tag::PARSE
-                        if special
-                            && self
-                                .refuses_listen(tag, &self.rbuf[pos + HEADER_LEN..pos + len]) =>
-                    {
-                        self.to_server.extend_from_slice(&self.rbuf[flushed..pos]);
-                        let rewritten =
-                            listen_refusal(tag, &self.rbuf[pos + HEADER_LEN..pos + len]);
-                        self.to_server.extend_from_slice(&rewritten);
-                        srv.owed.on_client(tag);
-                        pos += len;
-                        flushed = pos;
                     }
                     tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE
                         if self.map_statements
@@ -1235,22 +1233,6 @@ impl Session {
         }
     }
 
-    fn refuses_listen(&self, tag: u8, body: &[u8]) -> bool {
-        if self.mode == PoolMode::Session {
-            return false;
-        }
-        let sql = if tag == tag::QUERY {
-            body
-        } else {
-            // Parse: statement name, then the query text.
-            match read_cstr(body) {
-                Some((_, rest)) => rest,
-                None => return false,
-            }
-        };
-        starts_with_keyword(sql, "LISTEN")
-    }
-
     /// Sends what is staged plus the raw run `rbuf[from..to]`, in one write.
     async fn send_to_server(
         &mut self,
@@ -1574,31 +1556,6 @@ impl Session {
             self.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
         }
     }
-}
-
-/// The Query or Parse that replaces a LISTEN in transaction mode: it raises the
-/// error on the server, so transaction state and replies stay exactly as
-/// PostgreSQL would leave them after a failed statement.
-fn listen_refusal(tag: u8, body: &[u8]) -> Vec<u8> {
-    const SQL: &str = "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-        MESSAGE = 'LISTEN is not supported in transaction or statement pooling mode', \
-        HINT = 'Use a database or user with pool_mode = \"session\" for LISTEN/NOTIFY.'; END$sluice$";
-    let mut payload = Vec::with_capacity(SQL.len() + 64);
-    if tag == tag::PARSE {
-        let name = read_cstr(body).map(|(n, _)| n).unwrap_or("");
-        payload.extend_from_slice(name.as_bytes());
-        payload.push(0);
-    }
-    payload.extend_from_slice(SQL.as_bytes());
-    payload.push(0);
-    if tag == tag::PARSE {
-        payload.extend_from_slice(&0u16.to_be_bytes());
-    }
-    let mut frame = Vec::with_capacity(payload.len() + HEADER_LEN);
-    frame.push(tag);
-    frame.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    frame
 }
 
 /// Prepares the client's version of a statement on the server; the client

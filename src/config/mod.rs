@@ -690,7 +690,8 @@ replicas = ["127.0.0.1:5433"]
         let listed = |key: &str| {
             text.lines().any(|l| {
                 let l = l.trim_start_matches('#').trim_start();
-                l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+                l.strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
             })
         };
         let mut missing = Vec::new();

@@ -11,8 +11,8 @@
 //!   statement of its transaction: READ ONLY transactions run whole on one
 //!   replica, every other one whole on the primary;
 //! - a statement that creates state that cannot move between servers
-//!   (temporary tables, session advisory locks, WITH HOLD cursors) pins the
-//!   client to its server until it leaves.
+//!   (temporary tables, session advisory locks, WITH HOLD cursors, LISTEN)
+//!   pins the client to its server until it leaves.
 //!
 //! On a replica only the unit itself is forwarded; the next one is routed on
 //! its own once the replica is idle again. A read that fails on a replica
@@ -184,12 +184,7 @@ impl Session {
             };
             return Ok(Some(Target::Primary));
         }
-        let mut unit = self.inspect_unit();
-        if unit.pin == Some(PinReason::Listen) {
-            // LISTEN is refused in transaction and statement mode (see
-            // `listen_refusal`): nothing stays on the server.
-            unit.pin = None;
-        }
+        let unit = self.inspect_unit();
         tracing::trace!(client = %self.peer, len = ?unit.len, read = unit.read, first = ?unit.first, pin = ?unit.pin, "unit");
         if let Some(held) = self.route.held_begin.take() {
             return self.plan_held(held, &unit).await;
@@ -330,7 +325,8 @@ impl Session {
             })
     }
 
-    fn pin(&mut self, reason: PinReason) {
+    /// Keeps the client on its server connection until it disconnects.
+    pub(super) fn pin(&mut self, reason: PinReason) {
         if self.route.pinned.is_none() {
             tracing::info!(client = %self.peer, db = %self.database, user = %self.user, ?reason, "client pinned to its server connection until it disconnects");
             self.app.count_pin(reason);
