@@ -823,13 +823,27 @@ fn copy_direction_from(t: &Toks) -> bool {
 
 /// An unknown statement: a parse failure when sqlparser rejects it too.
 fn parse_failure_or(t: &Toks, otherwise: Reason) -> Syn {
-    match parse(t.text_from(0)) {
+    match parse(t, t.text_from(0)) {
         Err(m) => primary(Kind::Other, Reason::ParseFailure(m.into())),
         Ok(_) => primary(Kind::Other, otherwise),
     }
 }
 
-fn parse(text: &str) -> Result<Vec<Ast>, String> {
+/// The most tokens sluice gives sqlparser. Chains such as `a + b + ...`,
+/// `x::int::int...` or `p OR q OR ...` parse in a loop into a tree one level
+/// per operator, and dropping that tree recurses once per level: a long chain
+/// would overflow a worker's stack and abort the whole process. A statement
+/// with more tokens goes to the primary unparsed. 10,000 tokens make at most
+/// about 5,000 levels; 16,000 levels still fit a 2 MiB stack in a debug build.
+const MAX_PARSED_TOKENS: usize = 10_000;
+
+fn parse(t: &Toks, text: &str) -> Result<Vec<Ast>, String> {
+    if t.t.len() > MAX_PARSED_TOKENS {
+        return Err(format!(
+            "{} tokens, more than the {MAX_PARSED_TOKENS} sluice parses",
+            t.t.len()
+        ));
+    }
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(text)
         .and_then(|mut p| p.parse_statements())
@@ -875,6 +889,14 @@ fn analyze_explain(t: &Toks) -> Syn {
     if inner.t.is_empty() {
         return parse_failure_or(t, Reason::Unknown);
     }
+    if inner.kw(0, "explain") {
+        // Not valid SQL, and each level would be a recursion of this
+        // function: a long enough chain would overflow the stack.
+        return primary(
+            Kind::Other,
+            Reason::ParseFailure("EXPLAIN of an EXPLAIN".into()),
+        );
+    }
     analyze_kind(&inner)
 }
 
@@ -899,7 +921,7 @@ fn analyze_query(t: &Toks) -> Syn {
     } else {
         text
     };
-    let stmts = match parse(text) {
+    let stmts = match parse(t, text) {
         Ok(s) => s,
         Err(m) => return primary(Kind::Other, Reason::ParseFailure(m.into())),
     };
@@ -1378,6 +1400,45 @@ mod tests {
             &policy(),
         );
         assert_eq!(c.statements.len(), 1);
+    }
+
+    /// Statements whose tree would be deeper than a stack allows go to the
+    /// primary unparsed, on a 2 MiB stack like a runtime worker's; up to the
+    /// cap they are classified as usual.
+    #[test]
+    fn deep_statements_go_to_the_primary_without_overflowing_the_stack() {
+        let cases = [
+            (format!("SELECT {}1", "1+".repeat(200_000)), P),
+            (format!("SELECT 1{}", "::int".repeat(100_000)), P),
+            (
+                format!("SELECT 1 WHERE {}true", "true OR ".repeat(100_000)),
+                P,
+            ),
+            (format!("{}SELECT 1", "EXPLAIN ANALYZE ".repeat(60_000)), P),
+            (format!("SELECT {}1", "1+".repeat(4_990)), Rp),
+            (
+                format!("SELECT 1 WHERE 1 IN ({}1)", "1, ".repeat(4_990)),
+                Rp,
+            ),
+        ];
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let policy = FunctionPolicy::default();
+                for (sql, target) in cases {
+                    let c = classify_uncached(&sql, &policy);
+                    assert_eq!(c.target, target, "{}", &sql[..40]);
+                    if target == P {
+                        assert!(
+                            matches!(c.reason, Reason::ParseFailure(_)),
+                            "{:?}",
+                            c.reason
+                        );
+                    }
+                }
+            })
+            .unwrap();
+        worker.join().unwrap();
     }
 
     #[test]
