@@ -375,6 +375,9 @@ impl App {
         if old.pooler.log_format != new.pooler.log_format {
             restart_needed.push("pooler.log_format");
         }
+        if old.pooler.so_reuseport != new.pooler.so_reuseport {
+            restart_needed.push("pooler.so_reuseport");
+        }
         if old.routing.classify_cache_memory != new.routing.classify_cache_memory {
             restart_needed.push("routing.classify_cache_memory");
         }
