@@ -3,6 +3,8 @@
 
 mod support;
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -390,6 +392,27 @@ async fn temporary_tables_pin_the_client_to_its_server() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A BEGIN after extended-protocol messages in one unit is not held by
+/// sluice: the server answers all of it, the Parse included.
+#[tokio::test]
+async fn begin_after_a_parse_in_one_unit_reaches_the_server() {
+    let addr = routed_pooler("", "").await;
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::parse("", "SELECT 1", [], &mut out).unwrap();
+    frontend::query("BEGIN", &mut out).unwrap();
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"1CZ", "{msgs:?}");
+    assert_eq!(&msgs[2].1[..], b"T", "inside the transaction");
+    out.clear();
+    frontend::query("ROLLBACK", &mut out).unwrap();
+    raw.send(&out).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(&msgs.last().unwrap().1[..], b"I", "{msgs:?}");
 }
 
 #[tokio::test]

@@ -622,9 +622,13 @@ impl Session {
             if self.ended_by_control(false).is_some() {
                 break Err(None);
             }
+            // Reading on notices a client that leaves; past one whole message
+            // of input, stop, so a client that keeps sending while paused
+            // cannot grow the buffer without bound.
+            let room = self.rbuf.len() < self.scanner.max_len();
             tokio::select! {
                 _ = self.info.wake.notified() => {}
-                r = read_more(&mut self.stream, &mut self.rbuf, INITIAL_BUFFER) => {
+                r = read_more(&mut self.stream, &mut self.rbuf, INITIAL_BUFFER), if room => {
                     if !r {
                         break Err(Some(Exit::Gone));
                     }

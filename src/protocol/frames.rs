@@ -64,6 +64,11 @@ pub fn server_streamable(tag: u8) -> bool {
 }
 
 impl FrameScanner {
+    /// The largest message buffered whole.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     pub fn new(max_len: usize, streamable: fn(u8) -> bool) -> Self {
         FrameScanner {
             max_len,

@@ -152,7 +152,7 @@ struct Unit {
     len: Option<usize>,
     /// Every statement in it may run on a replica.
     read: bool,
-    /// One simple Query of exactly one statement: its kind.
+    /// One simple Query of exactly one statement, alone in the unit: its kind.
     single: Option<Kind>,
     /// The first statement's kind.
     first: Option<Kind>,
@@ -580,7 +580,10 @@ impl Session {
                     // Simple Query texts carry their literals and seldom
                     // repeat: not memoised.
                     let s = summarize_bytes(classifier, sql, &policy);
-                    if s.statements == 1 {
+                    // Only a unit that is this Query alone may be answered by
+                    // sluice (a held BEGIN, an empty transaction's end): after
+                    // extended-protocol messages it is just the unit's end.
+                    if s.statements == 1 && pos == len {
                         unit.single = s.first;
                     }
                     note(&mut unit, s);
