@@ -80,21 +80,10 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         (_, Some(_)) => Err(AuthError::Failed(format!(
             "user {user:?} has no password usable for {method:?}"
         ))),
-        (_, None) => {
-            let mock = Secret::Plain(random_hex())
-                .to_scram()
-                .expect("plain gives scram");
-            scram_exchange(stream, rbuf, mock)
-                .await
-                .and(Err(AuthError::Failed(format!("no such user {user:?}"))))
-        }
+        (_, None) => scram_exchange(stream, rbuf, ScramSecret::mock(user))
+            .await
+            .and(Err(AuthError::Failed(format!("no such user {user:?}")))),
     }
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 16];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &BytesMut) -> Result<(), AuthError> {

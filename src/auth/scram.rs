@@ -55,6 +55,32 @@ impl ScramSecret {
     }
 }
 
+impl ScramSecret {
+    /// The verifier an unknown user is challenged with. Like PostgreSQL's
+    /// mock authentication: the salt is derived from the user name with a
+    /// per-process key, so asking twice gives the same salt as a real user's
+    /// would, and no key derivation runs (an unknown user costs no more CPU
+    /// than a known one). No password matches its random keys.
+    pub fn mock(user: &str) -> ScramSecret {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut k = [0u8; 32];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut k);
+            k
+        });
+        let mut stored_key = [0u8; 32];
+        let mut server_key = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut stored_key);
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut server_key);
+        ScramSecret {
+            iterations: 4096,
+            salt: hmac(key, &[b"salt", user.as_bytes()])[..16].to_vec(),
+            stored_key,
+            server_key,
+        }
+    }
+}
+
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac =
@@ -181,6 +207,22 @@ impl ScramServer {
 mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    /// An unknown user is asked with the same salt every time, as a known one
+    /// is, so a second try does not reveal that the user does not exist.
+    #[test]
+    fn mock_secret_keeps_a_salt_per_user() {
+        let (a, again, b) = (
+            ScramSecret::mock("nobody"),
+            ScramSecret::mock("nobody"),
+            ScramSecret::mock("somebody"),
+        );
+        assert_eq!(a.salt, again.salt);
+        assert_eq!(a.salt.len(), 16);
+        assert_ne!(a.salt, b.salt);
+        assert_eq!(a.iterations, 4096);
+        assert_ne!(a.stored_key, again.stored_key, "keys are random");
+    }
 
     fn run(password_stored: &str, password_given: &str) -> Result<(), ScramError> {
         let verifier = postgres_protocol::password::scram_sha_256(password_stored.as_bytes());
