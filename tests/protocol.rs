@@ -560,6 +560,41 @@ async fn normalised_parameter_values_are_reported() {
     assert!(String::from_utf8_lossy(&status.1).contains("ISO, MDY"));
 }
 
+/// Settings replayed on every server are bounded per client, in number and
+/// in bytes: past the limit a SET fails with 54000 and the client goes on
+/// with what it has.
+#[tokio::test]
+async fn tracked_settings_are_bounded_per_client() {
+    let addr = pooler("default_pool_size = 2").await;
+    for (value, at_least, at_most) in [("v".to_string(), 200, 256), ("x".repeat(4000), 50, 66)] {
+        let c = connect(addr).await;
+        let mut kept = 0;
+        let refused = loop {
+            let set = format!("SET sluice_t.k{kept} = '{value}'");
+            match c.batch_execute(&set).await {
+                Ok(()) => kept += 1,
+                Err(e) => break e,
+            }
+            assert!(kept <= at_most, "no limit reached");
+        };
+        assert_eq!(sqlstate(&refused).as_deref(), Some("54000"), "{refused}");
+        assert!(kept >= at_least, "only {kept} settings kept");
+        // A setting the client has can still change; the others still follow it.
+        c.batch_execute("SET sluice_t.k0 = 'changed'")
+            .await
+            .unwrap();
+        let v: String = c
+            .query_one(
+                "SELECT current_setting('sluice_t.k0') || current_setting('sluice_t.k1')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, format!("changed{value}"));
+    }
+}
+
 #[tokio::test]
 async fn reset_all_does_not_leave_sluice_guessing_parameters() {
     // Primary only: SHOW must run on the server that ran RESET ALL.

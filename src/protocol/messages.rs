@@ -27,6 +27,7 @@ pub mod sqlstate {
     pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
 /// Severity of an error the pooler reports.

@@ -111,6 +111,15 @@ impl ParamMap {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes of names and values.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
 }
 
 /// Parameters a client may not set through the startup packet or that the

@@ -135,6 +135,13 @@ impl RouteState {
     }
 }
 
+/// Most settings (SET outside a transaction) kept for one client, and the
+/// most bytes of their names and values. Bringing a server in line compares
+/// every setting with the server's, so the count is kept well below the
+/// ~350 parameters PostgreSQL has; clients set a handful.
+const MAX_TRACKED_SETTINGS: usize = 256;
+const MAX_TRACKED_SETTING_BYTES: usize = 256 * 1024;
+
 /// Largest read unit kept for a retry elsewhere.
 const MAX_RETRY_UNIT: usize = 64 * 1024;
 
@@ -174,6 +181,14 @@ impl Session {
         self.route.pending_set = None;
         if self.route.track_sets && self.route.held_begin.is_none() {
             self.route.pending_set = self.set_at_head();
+            if self
+                .route
+                .pending_set
+                .as_ref()
+                .is_some_and(|c| self.over_set_limit(c))
+            {
+                return self.refuse_set().await;
+            }
         }
         if !self.route.enabled {
             self.route.writes = true;
@@ -286,6 +301,42 @@ impl Session {
         self.out.clear();
         messages::command_complete(&mut self.out, "BEGIN");
         messages::ready_for_query(&mut self.out, b'T');
+        self.write_out().await?;
+        Ok(None)
+    }
+
+    /// Whether keeping `change` would take the client's settings past what
+    /// sluice keeps for one client (each is replayed on every server that
+    /// serves it).
+    fn over_set_limit(&self, change: &SetChange) -> bool {
+        let SetChange::Set { name, value } = change else {
+            return false;
+        };
+        let (entries, old) = match self.wanted.get(name) {
+            Some(v) => (self.wanted.len(), name.len() + v.len()),
+            None => (self.wanted.len() + 1, 0),
+        };
+        entries > MAX_TRACKED_SETTINGS
+            || self.wanted.bytes() - old + name.len() + value.len() > MAX_TRACKED_SETTING_BYTES
+    }
+
+    /// The SET at the head of the buffer fails: the client has too many.
+    async fn refuse_set(&mut self) -> Result<Option<Target>, Exit> {
+        self.route.pending_set = None;
+        let len = frame_len(&self.rbuf, 0).unwrap_or(self.rbuf.len());
+        self.rbuf.advance(len);
+        self.out.clear();
+        let msg = format!(
+            "sluice keeps at most {MAX_TRACKED_SETTINGS} settings, {} KiB in all, per client in transaction and statement mode",
+            MAX_TRACKED_SETTING_BYTES / 1024
+        );
+        messages::error(
+            &mut self.out,
+            Severity::Error,
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            &msg,
+        );
+        messages::ready_for_query(&mut self.out, b'I');
         self.write_out().await?;
         Ok(None)
     }
