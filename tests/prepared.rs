@@ -126,6 +126,49 @@ async fn servers_hold_at_most_max_prepared_statements() {
     assert!(held <= 3, "{held} statements held");
 }
 
+/// Prepared statement names are sluice's to keep in transaction mode, so
+/// they are bounded per client: past the limit in number or in bytes the
+/// client is closed with 54000, and others go on.
+#[tokio::test]
+async fn prepared_statements_are_bounded_per_client() {
+    let addr = pooler("max_prepared_statement_memory = 65536").await;
+    // Bytes: distinct 1 KiB texts until the budget is spent.
+    let mut raw = Raw::login(addr, "app").await;
+    let mut closed = None;
+    for i in 0..100 {
+        let mut out = BytesMut::new();
+        let sql = format!("SELECT {i} AS \"{}\"", "x".repeat(1000));
+        frontend::parse(&format!("s{i}"), &sql, [], &mut out).unwrap();
+        frontend::sync(&mut out);
+        raw.send(&out).await;
+        let msgs = raw.until_ready_or_close().await;
+        if let Some(e) = msgs.iter().find(|(t, _)| *t == b'E') {
+            closed = Some((i, error_code(&e.1)));
+            break;
+        }
+    }
+    let (at, code) = closed.expect("the client is closed past the budget");
+    assert_eq!(code, "54000");
+    assert!((60..=66).contains(&at), "closed after {at} statements");
+    // Number: one pipeline of 10,001 names for one text.
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    for i in 0..10_001 {
+        frontend::parse(&format!("n{i}"), "SELECT 1", [], &mut out).unwrap();
+    }
+    frontend::sync(&mut out);
+    raw.send(&out).await;
+    let msgs = raw.until_ready_or_close().await;
+    let e = msgs.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&e.1), "54000");
+    // Everyone else goes on.
+    let c = connect(addr).await;
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
+
 #[tokio::test]
 async fn close_forgets_only_the_clients_name() {
     let addr = pooler("default_pool_size = 1").await;

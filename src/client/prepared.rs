@@ -273,6 +273,12 @@ pub struct Bound {
 #[derive(Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, Bound>,
+    /// Bytes of the names and of the statement texts they keep alive.
+    bytes: usize,
+}
+
+fn held_bytes(name: &[u8], bound: &Bound) -> usize {
+    name.len() + bound.statement.key().len()
 }
 
 impl ClientStatements {
@@ -282,15 +288,26 @@ impl ClientStatements {
 
     /// Gives `name` to `bound` (from `Registry::bind`).
     pub fn insert(&mut self, name: &[u8], bound: Bound) {
-        self.by_name.insert(name.into(), bound);
+        self.bytes += held_bytes(name, &bound);
+        if let Some(old) = self.by_name.insert(name.into(), bound) {
+            self.bytes -= held_bytes(name, &old);
+        }
     }
 
     pub fn remove(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
+        if let Some(old) = self.by_name.remove(name) {
+            self.bytes -= held_bytes(name, &old);
+        }
     }
 
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.bytes = 0;
+    }
+
+    /// (names, bytes) held.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.by_name.len(), self.bytes)
     }
 
     /// The statement whose `version` the client has a name for.
@@ -315,7 +332,15 @@ impl ClientStatements {
     /// Forgets every name bound to a version whose Parse failed, as
     /// PostgreSQL would not have created them.
     pub fn forget_version(&mut self, version: u64) {
-        self.by_name.retain(|_, b| b.version != version);
+        let mut freed = 0;
+        self.by_name.retain(|name, b| {
+            let keep = b.version != version;
+            if !keep {
+                freed += held_bytes(name, b);
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 }
 
@@ -367,6 +392,27 @@ mod tests {
         assert!(n < 100);
         let again = r.get_or_insert(b"SELECT 'kept'\0\0\0");
         assert!(Arc::ptr_eq(&held, &again));
+    }
+
+    #[test]
+    fn a_clients_names_count_their_bytes() {
+        let r = Registry::new(1 << 20);
+        let mut mine = ClientStatements::default();
+        let long = r.bind(r.get_or_insert(b"SELECT 'a long text'\0\0\0"));
+        let short = r.bind(r.get_or_insert(b"SELECT 1\0\0\0"));
+        mine.insert(b"a", long.clone());
+        mine.insert(b"b", long.clone());
+        assert_eq!(mine.usage(), (2, 2 * (1 + 23)));
+        mine.insert(b"a", short.clone());
+        assert_eq!(mine.usage(), (2, 1 + 11 + 1 + 23));
+        mine.forget_version(long.version);
+        assert_eq!(mine.usage(), (1, 1 + 11));
+        mine.remove(b"a");
+        mine.remove(b"a");
+        assert_eq!(mine.usage(), (0, 0));
+        mine.insert(b"c", short);
+        mine.clear();
+        assert_eq!(mine.usage(), (0, 0));
     }
 
     #[test]

@@ -58,6 +58,10 @@ enum Served {
 }
 
 /// Client read buffers above this are shrunk back once empty.
+/// Most prepared statement names (protocol and SQL `PREPARE`) one client
+/// may hold in transaction and statement mode.
+const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
 const MAX_IDLE_BUFFER: usize = 256 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
 /// How far reads may walk into an empty buffer before they go back to its start.
@@ -88,6 +92,8 @@ pub struct Session {
     /// statement mode).
     map_statements: bool,
     max_prepared: usize,
+    /// `max_prepared_statement_memory`: also the most one client may hold.
+    max_statement_bytes: usize,
     statements: ClientStatements,
     sql_statements: SqlStatements,
     /// Rewritten messages staged for one write to the server.
@@ -190,6 +196,7 @@ impl Session {
             server_fatal_sent: false,
             map_statements,
             max_prepared,
+            max_statement_bytes: cfg.pooler.max_prepared_statement_memory,
             statements: ClientStatements::default(),
             sql_statements: SqlStatements::default(),
             to_server: BytesMut::new(),
@@ -216,6 +223,9 @@ impl Session {
                 None => {
                     if let Err(exit) = self.wait_for_request(&mut wake).await {
                         break exit;
+                    }
+                    if let Some(why) = self.too_many_statements() {
+                        break self.close(sqlstate::PROGRAM_LIMIT_EXCEEDED, &why).await;
                     }
                     if self.pools.is_retired() {
                         if let Err(exit) = self.move_to_new_pools().await {
@@ -674,6 +684,22 @@ impl Session {
         self.pools.stats.flush(&mut self.stats);
     }
 
+    /// Why this client holds more prepared statements than sluice keeps for
+    /// one client, if it does. The names are sluice's to keep in transaction
+    /// and statement mode (a server holds them only while it serves the
+    /// client), so they are bounded like every other per-client buffer.
+    fn too_many_statements(&self) -> Option<String> {
+        let (names, bytes) = self.statements.usage();
+        let (sql_names, sql_bytes) = self.sql_statements.usage();
+        let max_bytes = self.max_statement_bytes;
+        (names + sql_names > MAX_CLIENT_STATEMENTS || bytes + sql_bytes > max_bytes).then(|| {
+            format!(
+                "too many prepared statements: sluice keeps at most {MAX_CLIENT_STATEMENTS} per \
+                 client, and {max_bytes} bytes of them (max_prepared_statement_memory)"
+            )
+        })
+    }
+
     /// Runs the reset query; afterwards the server has its login parameters.
     async fn reset(&self, srv: &mut ServerConn) {
         let query = self.pool.reset_query.clone();
@@ -754,6 +780,9 @@ impl Session {
             if !self.rbuf.is_empty() && !holding_back {
                 if let Err(exit) = self.forward_client(srv).await {
                     return Served::Exit(exit);
+                }
+                if let Some(why) = self.too_many_statements() {
+                    return Served::Exit(self.close(sqlstate::PROGRAM_LIMIT_EXCEEDED, &why).await);
                 }
             }
             // On a replica the next unit waits, unread, for its own route.

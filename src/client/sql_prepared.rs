@@ -41,6 +41,12 @@ impl SqlStatement {
 #[derive(Default)]
 pub struct SqlStatements {
     by_name: HashMap<String, SqlStatement>,
+    /// Bytes of the names and texts held.
+    bytes: usize,
+}
+
+fn held_bytes(name: &str, statement: &SqlStatement) -> usize {
+    name.len() + statement.rest.len()
 }
 
 impl SqlStatements {
@@ -49,15 +55,27 @@ impl SqlStatements {
     }
 
     pub fn insert(&mut self, name: String, statement: SqlStatement) {
-        self.by_name.insert(name, statement);
+        let name_len = name.len();
+        self.bytes += name_len + statement.rest.len();
+        if let Some(old) = self.by_name.insert(name, statement) {
+            self.bytes -= name_len + old.rest.len();
+        }
     }
 
     pub fn remove(&mut self, name: &str) -> Option<SqlStatement> {
-        self.by_name.remove(name)
+        let old = self.by_name.remove(name)?;
+        self.bytes -= held_bytes(name, &old);
+        Some(old)
     }
 
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.bytes = 0;
+    }
+
+    /// (names, bytes) held.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.by_name.len(), self.bytes)
     }
 }
 

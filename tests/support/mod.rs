@@ -294,6 +294,18 @@ impl Raw {
         panic!("connection closed before ReadyForQuery: {out:?}");
     }
 
+    /// Messages up to the next ReadyForQuery, or up to the close.
+    pub async fn until_ready_or_close(&mut self) -> Vec<(u8, BytesMut)> {
+        let mut out = Vec::new();
+        while let Some((t, body)) = self.recv().await {
+            out.push((t, body));
+            if t == b'Z' {
+                break;
+            }
+        }
+        out
+    }
+
     /// Reads one byte (the answer to SSLRequest).
     pub async fn recv_byte(&mut self) -> u8 {
         let mut b = [0u8; 1];
