@@ -58,6 +58,9 @@ enum Served {
 }
 
 /// Client read buffers above this are shrunk back once empty.
+/// Most replies a client may be owed at once (about 24 bytes each).
+const MAX_OWED_REPLIES: usize = 1 << 20;
+
 /// Most prepared statement names (protocol and SQL `PREPARE`) one client
 /// may hold in transaction and statement mode.
 const MAX_CLIENT_STATEMENTS: usize = 10_000;
@@ -782,6 +785,17 @@ impl Session {
                     return Served::Exit(exit);
                 }
                 if let Some(why) = self.too_many_statements() {
+                    return Served::Exit(self.close(sqlstate::PROGRAM_LIMIT_EXCEEDED, &why).await);
+                }
+                if srv.owed.len() > MAX_OWED_REPLIES {
+                    // Messages sent on to the server meet its backpressure;
+                    // those sluice answers itself (a Close of a mapped
+                    // statement) queue behind a reply still owed, and a
+                    // client must not grow that queue without bound.
+                    let why = format!(
+                        "more than {MAX_OWED_REPLIES} replies owed to this client: \
+                         read them before sending more"
+                    );
                     return Served::Exit(self.close(sqlstate::PROGRAM_LIMIT_EXCEEDED, &why).await);
                 }
             }

@@ -104,6 +104,11 @@ impl Owed {
         }
     }
 
+    /// Replies owed now.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

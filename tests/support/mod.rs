@@ -254,6 +254,11 @@ impl Raw {
         raw
     }
 
+    /// Sends, or says the connection is gone.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("raw write");
     }
