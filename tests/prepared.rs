@@ -169,6 +169,34 @@ async fn prepared_statements_are_bounded_per_client() {
     );
 }
 
+/// A pipeline that binds a large statement in segment after segment before
+/// its Parse is answered: sluice prepares it again for each, sends what it
+/// staged as it goes rather than all at once, and every reply comes back in
+/// order.
+#[tokio::test]
+async fn a_large_statement_bound_in_many_segments_of_one_pipeline() {
+    let addr = pooler_with("default_pool_size = 1", PRIMARY_ONLY).await;
+    let mut raw = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    let sql = format!("SELECT 42 AS \"{}\"", "c".repeat(60)) + &" ".repeat(100_000);
+    frontend::parse("big", &sql, [], &mut out).unwrap();
+    frontend::sync(&mut out);
+    for _ in 0..40 {
+        bind_no_params("big", &mut out);
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+    }
+    raw.send(&out).await;
+    let first = raw.until_ready().await;
+    assert_eq!(first[0].0, b'1', "{first:?}");
+    for i in 0..40 {
+        let msgs = raw.until_ready().await;
+        let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"2DCZ", "segment {i}: {msgs:?}");
+        assert!(msgs[1].1.ends_with(b"42"));
+    }
+}
+
 /// Replies sluice answers itself (Close of a mapped statement) cannot pile
 /// up without bound behind a slow query: the client is closed with 54000.
 #[tokio::test]

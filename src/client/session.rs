@@ -58,6 +58,10 @@ enum Served {
 }
 
 /// Client read buffers above this are shrunk back once empty.
+/// Bytes staged for a server (rewritten or injected messages) before they
+/// are sent in the middle of a client's batch.
+const MAX_STAGED: usize = 1 << 20;
+
 /// Most replies a client may be owed at once (about 24 bytes each).
 const MAX_OWED_REPLIES: usize = 1 << 20;
 
@@ -888,6 +892,12 @@ impl Session {
         loop {
             if self.route.unit_only && self.route.unit_sent {
                 break;
+            }
+            if self.to_server.len() > MAX_STAGED {
+                // Statements prepared again for each Bind can stage far more
+                // than the client sent: send what is staged before going on.
+                self.send_to_server(srv, flushed, pos).await?;
+                flushed = pos;
             }
             let piece = match self.scanner.next(&self.rbuf, pos) {
                 Ok(p) => p,
