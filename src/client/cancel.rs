@@ -86,12 +86,18 @@ impl CancelRegistry {
     }
 }
 
+/// How long sending one CancelRequest may take, connect included.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends a CancelRequest for `key`, in its own task: the session goes on
 /// waiting for its server's answer.
 pub fn spawn_cancel(key: ServerKey) {
     tokio::spawn(async move {
-        if let Err(e) = send_cancel(&key).await {
-            tracing::warn!(server = %key.addr, "cancel request failed: {e}");
+        // A server that does not answer must not keep the task forever.
+        match tokio::time::timeout(CANCEL_TIMEOUT, send_cancel(&key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(server = %key.addr, "cancel request failed: {e}"),
+            Err(_) => tracing::warn!(server = %key.addr, "cancel request timed out"),
         }
     });
 }
