@@ -281,6 +281,11 @@ async fn show_commands_return_pgbouncer_columns_and_live_state() {
     assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
     let err = console.simple_query("DROP TABLE items").await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
+    let err = console
+        .simple_query(&"SHOW CLIENTS;".repeat(65))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("54000"));
     // The console still answers after an error.
     assert_eq!(show(&console, "VERSION").await.1.len(), 1);
 }

@@ -178,6 +178,9 @@ pub fn parse(sql: &str) -> Result<Command, String> {
     Ok(cmd)
 }
 
+/// Most statements in one admin console Query.
+const MAX_STATEMENTS: usize = 64;
+
 /// Runs every statement of a Query message; the first error ends it.
 async fn run(app: &Arc<App>, user: &str, read_only: bool, sql: &str, out: &mut BytesMut) -> End {
     let statements: Vec<&str> = sql
@@ -187,6 +190,12 @@ async fn run(app: &Arc<App>, user: &str, read_only: bool, sql: &str, out: &mut B
         .collect();
     if statements.is_empty() {
         out.extend_from_slice(&[b'I', 0, 0, 0, 4]); // EmptyQueryResponse
+        return End::Continue;
+    }
+    if statements.len() > MAX_STATEMENTS {
+        // Each answer is built whole before it is sent.
+        let msg = format!("at most {MAX_STATEMENTS} statements in one admin console query");
+        messages::error(out, Severity::Error, sqlstate::PROGRAM_LIMIT_EXCEEDED, &msg);
         return End::Continue;
     }
     for text in statements {
