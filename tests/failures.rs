@@ -274,6 +274,28 @@ async fn garbage_and_oversized_packets_are_refused_while_others_work() {
     );
 }
 
+/// A message too large to take is refused at once, not after waiting for a
+/// server: here the only one is held by another client's transaction.
+#[tokio::test]
+async fn an_oversized_message_is_refused_without_waiting_for_a_server() {
+    let addr = pooler_with(
+        "max_packet_size = 65536\ndefault_pool_size = 1",
+        PRIMARY_ONLY,
+    )
+    .await;
+    let mut holder = Raw::login(addr, "app").await;
+    let mut out = BytesMut::new();
+    frontend::query("BEGIN", &mut out).unwrap();
+    holder.send(&out).await;
+    holder.until_ready().await;
+    let mut raw = Raw::login(addr, "app").await;
+    out.clear();
+    frontend::query(&format!("SELECT '{}'", "x".repeat(100_000)), &mut out).unwrap();
+    raw.send(&out).await;
+    let (t, body) = raw.recv().await.unwrap();
+    assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
+}
+
 #[tokio::test]
 async fn query_wait_timeout_fails_the_waiter_only() {
     let addr = pooler_with(

@@ -354,9 +354,12 @@ impl Session {
                 if tag == tag::TERMINATE {
                     return Err(Exit::Quit);
                 }
-                if total < HEADER_LEN {
-                    let msg = format!("invalid message length {}", total - 1);
-                    return Err(self.close(sqlstate::PROTOCOL_VIOLATION, &msg).await);
+                // A length no message may have is refused before any server
+                // is checked out for it.
+                if let Err(e) = self.scanner.clone().next(&self.rbuf, 0) {
+                    return Err(self
+                        .close(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                        .await);
                 }
                 if self.rbuf.len() >= total || total > STREAM_THRESHOLD {
                     return Ok(());
