@@ -118,10 +118,13 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         logged_in.wanted.get("application_name").unwrap_or(""),
     ));
     app.clients.add(info.clone());
+    let ended = SessionEnded {
+        app: app.clone(),
+        id: info.id,
+    };
     let exit = Session::new(app.clone(), stream, peer, logged_in, cancel, info.clone())
         .run()
         .await;
-    app.clients.remove(info.id);
     if app.config().pooler.log_disconnections {
         match exit {
             Exit::Quit => {
@@ -136,6 +139,23 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         }
     }
     drop(slot);
-    app.metrics.clients_connected.set(app.connections() as f64);
-    app.session_ended();
+    drop(ended);
+}
+
+/// What a session's end must always do, however the session ended (a panic
+/// included): leave SHOW CLIENTS, and let a drain that waits for it go on.
+struct SessionEnded {
+    app: Arc<App>,
+    id: i32,
+}
+
+impl Drop for SessionEnded {
+    fn drop(&mut self) {
+        self.app.clients.remove(self.id);
+        self.app
+            .metrics
+            .clients_connected
+            .set(self.app.connections() as f64);
+        self.app.session_ended();
+    }
 }

@@ -280,12 +280,7 @@ impl Session {
         if let Some(s) = server.take() {
             self.cleanup(s).await;
         }
-        self.app.cancels.unregister(self.cancel.pid);
-        self.pools.stats.flush(&mut self.stats);
-        self.pools
-            .stats
-            .clients
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // The rest of the ending is in `Drop`, so a panic cannot skip it.
         exit
     }
 
@@ -1745,6 +1740,19 @@ async fn write_staged(
 
 /// Reads more bytes; false on end of stream or error. `nominal` is the size
 /// the buffer was made with.
+impl Drop for Session {
+    /// The end of every session, however it ended: its cancel key goes, and
+    /// its counts reach the pool's.
+    fn drop(&mut self) {
+        self.app.cancels.unregister(self.cancel.pid);
+        self.pools.stats.flush(&mut self.stats);
+        self.pools
+            .stats
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn read_more(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     buf: &mut BytesMut,
