@@ -284,14 +284,10 @@ async fn an_oversized_message_is_refused_without_waiting_for_a_server() {
     )
     .await;
     let mut holder = Raw::login(addr, "app").await;
-    let mut out = BytesMut::new();
-    frontend::query("BEGIN", &mut out).unwrap();
-    holder.send(&out).await;
-    holder.until_ready().await;
+    holder.run("BEGIN").await;
     let mut raw = Raw::login(addr, "app").await;
-    out.clear();
-    frontend::query(&format!("SELECT '{}'", "x".repeat(100_000)), &mut out).unwrap();
-    raw.send(&out).await;
+    raw.query(&format!("SELECT '{}'", "x".repeat(100_000)))
+        .await;
     let (t, body) = raw.recv().await.unwrap();
     assert_eq!((t, error_code(&body).as_str()), (b'E', "08P01"));
 }

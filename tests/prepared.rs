@@ -201,15 +201,25 @@ async fn a_large_statement_bound_in_many_segments_of_one_pipeline() {
 /// up without bound behind a slow query: the client is closed with 54000.
 #[tokio::test]
 async fn replies_owed_to_a_client_are_bounded() {
-    let cfg =
-        sluice::config::Config::parse(&config_text(sluice::cluster::free_port(), "", ""), "test")
-            .unwrap();
+    let text = config_text(sluice::cluster::free_port(), "", PRIMARY_ONLY);
+    let cfg = sluice::config::Config::parse(&text, "test").unwrap();
     let (app, addr) = start_app(cfg).await;
+    // The slow query waits for a lock this test holds until the end, so
+    // however slowly the flood is taken in, the reply stays owed.
+    let locker = connect_primary().await;
+    locker
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS owed_lock (x int); GRANT ALL ON owed_lock TO PUBLIC",
+        )
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE owed_lock IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let mut raw = Raw::login_and_prepare(addr, "app", "s", "SELECT 1").await;
+    raw.query("SELECT count(*) FROM owed_lock").await;
     let mut out = BytesMut::new();
-    frontend::query("SELECT pg_sleep(3)", &mut out).unwrap();
-    raw.send(&out).await;
-    out.clear();
     for _ in 0..(1 << 17) {
         frontend::close(b'S', "s", &mut out).unwrap();
     }
@@ -232,9 +242,7 @@ async fn replies_owed_to_a_client_are_bounded() {
         matches!(error.as_deref(), None | Some("54000")),
         "{error:?}"
     );
-    let scrape = http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
-        .await
-        .1;
+    let scrape = scrape_metrics(&app).await;
     assert!(
         scrape.contains("sluice_errors_total{class=\"54\"} 1"),
         "{scrape}"
@@ -244,6 +252,7 @@ async fn replies_owed_to_a_client_are_bounded() {
         c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
         1
     );
+    locker.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test]

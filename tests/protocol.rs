@@ -349,16 +349,10 @@ async fn listen_pins_the_client_in_transaction_and_statement_mode() {
         let (app, addr) = start_app(cfg).await;
         let channel = format!("chan_{mode}_{}", tail.len());
         let mut listener = Raw::login(addr, "app").await;
-        let mut out = BytesMut::new();
-        frontend::query(&format!("LISTEN {channel}"), &mut out).unwrap();
-        listener.send(&out).await;
-        let msgs = listener.until_ready().await;
+        let msgs = listener.run(&format!("LISTEN {channel}")).await;
         assert_eq!(msgs[0].0, b'C', "{mode} {tail}: {msgs:?}");
         // More work on the same connection keeps the same server.
-        out.clear();
-        frontend::query("SELECT 1", &mut out).unwrap();
-        listener.send(&out).await;
-        listener.until_ready().await;
+        listener.run("SELECT 1").await;
         let notifier = connect(addr).await;
         notifier
             .batch_execute(&format!("NOTIFY {channel}, 'hello'"))
@@ -367,9 +361,7 @@ async fn listen_pins_the_client_in_transaction_and_statement_mode() {
         let (tag, body) = listener.recv().await.expect("notification");
         assert_eq!(tag, b'A', "{mode} {tail}");
         assert!(String::from_utf8_lossy(&body).contains("hello"));
-        let scrape = http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
-            .await
-            .1;
+        let scrape = scrape_metrics(&app).await;
         assert!(
             scrape.contains("sluice_pins_total{reason=\"listen\"} 1"),
             "{mode} {tail}: {scrape}"
@@ -377,14 +369,9 @@ async fn listen_pins_the_client_in_transaction_and_statement_mode() {
         // The one server of the listener's pool is reset before reuse.
         drop(listener);
         let mut next = Raw::login(addr, "app").await;
-        out.clear();
-        frontend::query(
-            "/* sluice:primary */ SELECT count(*) FROM pg_listening_channels()",
-            &mut out,
-        )
-        .unwrap();
-        next.send(&out).await;
-        let msgs = next.until_ready().await;
+        let msgs = next
+            .run("/* sluice:primary */ SELECT count(*) FROM pg_listening_channels()")
+            .await;
         let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
         assert!(row.1.ends_with(b"0"), "{mode} {tail}: still listening");
     }

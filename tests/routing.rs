@@ -408,10 +408,7 @@ async fn begin_after_a_parse_in_one_unit_reaches_the_server() {
     let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"1CZ", "{msgs:?}");
     assert_eq!(&msgs[2].1[..], b"T", "inside the transaction");
-    out.clear();
-    frontend::query("ROLLBACK", &mut out).unwrap();
-    raw.send(&out).await;
-    let msgs = raw.until_ready().await;
+    let msgs = raw.run("ROLLBACK").await;
     assert_eq!(&msgs.last().unwrap().1[..], b"I", "{msgs:?}");
 }
 
@@ -429,9 +426,7 @@ async fn route_primary_or_routing_off_sends_everything_to_the_primary() {
         }
         // The primary answered because of the policy, not because the monitor
         // had not admitted the replicas yet: the metrics say why.
-        let scrape = http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
-            .await
-            .1;
+        let scrape = scrape_metrics(&app).await;
         assert!(
             routed(&scrape, "primary", Some("routing_off")) >= 10.0,
             "{tail}: {scrape}"
@@ -488,8 +483,7 @@ async fn no_fit_replica_falls_back_or_fails_as_configured() {
             match (fallback, r) {
                 ("primary", Ok(row)) => {
                     assert_eq!(row.get::<_, i32>(0) as u16, primary_port());
-                    let http = app.http_addr().expect("HTTP endpoint");
-                    let scrape = http_get(http, "/metrics").await.1;
+                    let scrape = scrape_metrics(&app).await;
                     assert!(
                         routed(&scrape, "primary", Some("no_replica")) >= 1.0,
                         "the read fell back for want of a replica: {scrape}"

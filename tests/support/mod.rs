@@ -254,6 +254,19 @@ impl Raw {
         raw
     }
 
+    /// Sends a simple Query.
+    pub async fn query(&mut self, sql: &str) {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        self.send(&out).await;
+    }
+
+    /// Sends a simple Query and reads its replies up to ReadyForQuery.
+    pub async fn run(&mut self, sql: &str) -> Vec<(u8, BytesMut)> {
+        self.query(sql).await;
+        self.until_ready().await
+    }
+
     /// Sends, or says the connection is gone.
     pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).await.is_ok()
@@ -398,6 +411,13 @@ pub async fn wait_for_both_replicas(addr: SocketAddr) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The Prometheus scrape of a pooler started with `start_app`.
+pub async fn scrape_metrics(app: &sluice::app::App) -> String {
+    http_get(app.http_addr().expect("HTTP endpoint"), "/metrics")
+        .await
+        .1
 }
 
 /// A GET over HTTP/1.1; `(0, "")` when nothing answers (yet).
