@@ -394,6 +394,31 @@ async fn temporary_tables_pin_the_client_to_its_server() {
     }
 }
 
+/// A temporary table dropped at commit does not outlive its transaction, so
+/// it pins nothing: the client's next reads go to the replicas again.
+#[tokio::test]
+async fn a_temporary_table_dropped_at_commit_does_not_pin() {
+    let addr = routed_pooler("", "").await;
+    let c = connect(addr).await;
+    c.batch_execute(
+        "BEGIN; CREATE TEMP TABLE scratch (a int) ON COMMIT DROP; \
+         INSERT INTO scratch VALUES (1); COMMIT",
+    )
+    .await
+    .unwrap();
+    let replicas = replica_ports();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Read-your-writes may keep a read or two on the primary until the
+    // replicas have replayed the commit.
+    while !replicas.contains(&port_of(&c, "SELECT inet_server_port()").await) {
+        assert!(
+            Instant::now() < deadline,
+            "the client stayed on the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A BEGIN after extended-protocol messages in one unit is not held by
 /// sluice: the server answers all of it, the Parse included.
 #[tokio::test]

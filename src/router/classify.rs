@@ -691,7 +691,7 @@ fn analyze(sql: &str, toks: &[Token]) -> (Syn, Option<PinReason>) {
             pin = Some(PinReason::Listen);
         } else if t.kw(0, "declare") && declare_with_hold(&t) {
             pin = Some(PinReason::WithHoldCursor);
-        } else if (t.kw(0, "create") && create_temp(&t))
+        } else if (t.kw(0, "create") && create_temp(&t) && !drops_on_commit(&t))
             || (is_query_start(&t) && t.selects_into_temp())
         {
             pin = Some(PinReason::TempTable);
@@ -722,6 +722,12 @@ fn create_temp(t: &Toks) -> bool {
         i += 1;
     }
     t.kw(i, "temp") || t.kw(i, "temporary")
+}
+
+/// `... ON COMMIT DROP`: the temporary table ends with its transaction, so
+/// the client need not keep the server.
+fn drops_on_commit(t: &Toks) -> bool {
+    (1..t.t.len()).any(|i| t.kw(i, "on") && t.kw(i + 1, "commit") && t.kw(i + 2, "drop"))
 }
 
 fn is_query_start(t: &Toks) -> bool {
@@ -1239,6 +1245,8 @@ mod tests {
             ("ANALYZE t", P, E::U, Some(K::Other), None),
             ("CREATE TABLE t (a int)", P, E::U, Some(K::Other), None),
             ("CREATE TEMP TABLE tt (a int)", P, E::U, Some(K::Other), Some(PinReason::TempTable)),
+            ("CREATE TEMP TABLE tt (a int) ON COMMIT DROP", P, E::U, Some(K::Other), None),
+            ("create temp table tt on commit delete rows as select 1", P, E::U, Some(K::Other), Some(PinReason::TempTable)),
             ("CREATE GLOBAL TEMPORARY TABLE tt AS SELECT 1", P, E::U, Some(K::Other), Some(PinReason::TempTable)),
             ("create temporary view v as select 1", P, E::U, Some(K::Other), Some(PinReason::TempTable)),
             ("CREATE UNLOGGED TABLE t (a int)", P, E::U, Some(K::Other), None),
