@@ -394,6 +394,56 @@ async fn temporary_tables_pin_the_client_to_its_server() {
     }
 }
 
+/// State that cannot move between servers pins the client wherever it is
+/// made: at the start of a transaction or in its middle, with routing on or
+/// off. Another client then takes the other server, and the pinned one still
+/// sees its state.
+#[tokio::test]
+async fn session_state_made_mid_transaction_pins_too() {
+    setup();
+    for tail in ["", PRIMARY_ONLY] {
+        for (n, steps) in [
+            &["CREATE TEMP TABLE scratch_p (x int)"][..],
+            &[
+                "BEGIN",
+                "SELECT 1",
+                "CREATE TEMP TABLE scratch_p (x int)",
+                "COMMIT",
+            ][..],
+            &[
+                "BEGIN",
+                "INSERT INTO items(note) VALUES ('pin')",
+                "CREATE TEMP TABLE scratch_p (x int)",
+                "COMMIT",
+            ][..],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let addr = pooler_with("default_pool_size = 2", tail).await;
+            if tail.is_empty() {
+                wait_for_both_replicas(addr).await;
+            }
+            let c = connect(addr).await;
+            for step in *steps {
+                c.batch_execute(step).await.unwrap();
+            }
+            // Another client holds a primary server in a transaction.
+            let other = connect(addr).await;
+            other
+                .batch_execute("BEGIN; INSERT INTO items(note) VALUES ('other')")
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                c.batch_execute("INSERT INTO scratch_p VALUES (1)")
+                    .await
+                    .unwrap_or_else(|e| panic!("case {n} {tail:?}: {e}"));
+            }
+            other.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+}
+
 /// A temporary table dropped at commit does not outlive its transaction, so
 /// it pins nothing: the client's next reads go to the replicas again.
 #[tokio::test]

@@ -912,6 +912,7 @@ impl Session {
             // spares the common SELECT all the other tests.
             let mut special = false;
             let mut listen = false;
+            let mut pin_made = None;
             if let Piece::Frame { tag, len } = piece {
                 // The end of a unit: on a replica, the next one is routed anew.
                 self.route.unit_sent |= matches!(tag, tag::QUERY | tag::SYNC);
@@ -929,6 +930,9 @@ impl Session {
                     listen = special
                         && self.mode != PoolMode::Session
                         && starts_with_keyword(sql, "LISTEN");
+                    // Inside a transaction, or with routing off, no plan
+                    // looked at this statement.
+                    pin_made = self.pin_made_by(sql, srv.tx_status);
                     if special && self.watches_schema_changes() && route::changes_schema(sql) {
                         self.note_schema_change(route::changes_result_shapes(sql));
                     }
@@ -936,6 +940,8 @@ impl Session {
             }
             if listen {
                 self.pin(PinReason::Listen);
+            } else if let Some(reason) = pin_made {
+                self.pin(reason);
             }
             match piece {
                 Piece::NeedMore => break,

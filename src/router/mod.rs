@@ -76,9 +76,49 @@ pub fn starts_with_keyword(sql: &[u8], word: &str) -> bool {
     first_keyword(sql).eq_ignore_ascii_case(word.as_bytes())
 }
 
+/// Whether `sql` may create state that pins a client to its server: a cheap
+/// look for the words every such statement has (`temp` in TEMP/TEMPORARY,
+/// `advisory` in the session lock functions, `hold` in WITH HOLD), so that
+/// only those texts are classified. False positives are classified and
+/// cleared; there are no false negatives.
+pub fn may_pin(sql: &[u8]) -> bool {
+    let has = |i: usize, word: &[u8]| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        b't' => has(i, b"temp"),
+        b'a' => has(i, b"advisory"),
+        b'h' => has(i, b"hold"),
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn may_pin_finds_every_pinning_word() {
+        for sql in [
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary view v as select 1",
+            "SELECT * INTO TEMP t FROM x",
+            "SELECT pg_advisory_lock(1)",
+            "select PG_ADVISORY_LOCK_SHARED(1)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert!(may_pin(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+            "",
+            "te",
+        ] {
+            assert!(!may_pin(sql.as_bytes()), "{sql}");
+        }
+    }
 
     #[test]
     fn skips_comments_and_space() {

@@ -376,6 +376,23 @@ impl Session {
             })
     }
 
+    /// The pin a Query or Parse text makes, looked for where the router did
+    /// not plan it: inside a transaction (`tx_status` not idle) or with
+    /// routing off. Texts without a pinning word cost one byte scan.
+    pub(super) fn pin_made_by(&self, sql: &[u8], tx_status: u8) -> Option<PinReason> {
+        if self.mode == PoolMode::Session
+            || self.route.pinned.is_some()
+            || (self.route.enabled && tx_status == b'I')
+            || !crate::router::may_pin(sql)
+        {
+            return None;
+        }
+        // A Parse's text ends at its NUL; parameter types follow.
+        let text = sql.split(|&b| b == 0).next().unwrap_or(sql);
+        let policy = self.pools.routing.policy();
+        summarize_bytes(&self.app.classifier, text, &policy).pins
+    }
+
     /// Keeps the client on its server connection until it disconnects.
     pub(super) fn pin(&mut self, reason: PinReason) {
         if self.route.pinned.is_none() {
