@@ -444,6 +444,112 @@ async fn session_state_made_mid_transaction_pins_too() {
     }
 }
 
+/// Raw extended-protocol run of `sql` in the unnamed statement, or under
+/// `name` when given: Parse, Bind, Execute, Sync.
+fn extended(out: &mut BytesMut, name: &str, sql: &str) {
+    frontend::parse(name, sql, [], out).unwrap();
+    bind_no_params(name, out);
+    frontend::execute("", 0, out).unwrap();
+    frontend::sync(out);
+}
+
+/// Pins found where the router plans nothing: the second unit of a pipeline
+/// sent outside a transaction, and a statement whose Parse sluice answered
+/// itself (its Bind names it only). Another client then takes a free server
+/// and the pinned one must still see its table.
+#[tokio::test]
+async fn pins_in_a_pipeline_and_in_a_statement_parsed_without_a_server() {
+    setup();
+    for tail in ["", PRIMARY_ONLY] {
+        let addr = pooler_with("default_pool_size = 3", tail).await;
+        if tail.is_empty() {
+            wait_for_both_replicas(addr).await;
+        }
+        // A pipeline: an INSERT, then a temporary table, in one write.
+        let mut c = Raw::login(addr, "app").await;
+        let mut out = BytesMut::new();
+        extended(&mut out, "", "INSERT INTO items(note) VALUES ('pipe')");
+        extended(&mut out, "", "CREATE TEMP TABLE scratch_q (x int)");
+        c.send(&out).await;
+        c.until_ready().await;
+        let msgs = c.until_ready().await;
+        assert!(msgs.iter().all(|(t, _)| *t != b'E'), "{tail:?}: {msgs:?}");
+        // The same temporary table made by a statement prepared before by
+        // another client: sluice answers its Parse itself.
+        let mut first = Raw::login(addr, "app").await;
+        out.clear();
+        extended(&mut out, "mk", "CREATE TEMP TABLE scratch_r (x int)");
+        first.send(&out).await;
+        first.until_ready().await;
+        let mut d = Raw::login(addr, "app").await;
+        out.clear();
+        frontend::parse("mk2", "CREATE TEMP TABLE scratch_r (x int)", [], &mut out).unwrap();
+        frontend::sync(&mut out);
+        d.send(&out).await;
+        d.until_ready().await;
+        out.clear();
+        bind_no_params("mk2", &mut out);
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        d.send(&out).await;
+        let msgs = d.until_ready().await;
+        assert!(msgs.iter().all(|(t, _)| *t != b'E'), "{tail:?}: {msgs:?}");
+        // Three pinned clients hold the three servers; one more waits for
+        // none of them, and each pinned client still has its table.
+        drop(first);
+        for (client, table) in [(&mut c, "scratch_q"), (&mut d, "scratch_r")] {
+            for _ in 0..3 {
+                let msgs = client.run(&format!("INSERT INTO {table} VALUES (1)")).await;
+                assert!(
+                    msgs.iter().all(|(t, _)| *t != b'E'),
+                    "{tail:?} {table}: {msgs:?}"
+                );
+            }
+        }
+        let mut other = Raw::login(addr, "app").await;
+        other.run("BEGIN").await;
+        let msgs = other.run("INSERT INTO items(note) VALUES ('other')").await;
+        assert!(msgs.iter().all(|(t, _)| *t != b'E'), "{msgs:?}");
+        for (client, table) in [(&mut c, "scratch_q"), (&mut d, "scratch_r")] {
+            let msgs = client.run(&format!("SELECT count(*) FROM {table}")).await;
+            assert!(
+                msgs.iter().all(|(t, _)| *t != b'E'),
+                "{tail:?} {table}: {msgs:?}"
+            );
+        }
+        other.run("COMMIT").await;
+    }
+}
+
+/// A READ ONLY transaction runs on a replica; a session advisory lock taken
+/// inside it must not keep the client there, where it could never write.
+#[tokio::test]
+async fn a_lock_inside_a_read_only_transaction_does_not_pin_to_a_replica() {
+    let addr = routed_pooler("", "").await;
+    let c = connect(addr).await;
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let p = port_of(&c, "SELECT inet_server_port()").await;
+    assert!(replica_ports().contains(&p), "on a replica");
+    c.batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    c.execute("INSERT INTO items(note) VALUES ('after ro')", &[])
+        .await
+        .expect("the client writes again");
+    // The replica's server was reset before reuse: the lock is gone.
+    let replica = connect_superuser(p).await;
+    let held: i64 = replica
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "the replica's server kept the lock");
+}
+
 /// A temporary table dropped at commit does not outlive its transaction, so
 /// it pins nothing: the client's next reads go to the replicas again.
 #[tokio::test]

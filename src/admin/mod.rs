@@ -187,6 +187,7 @@ async fn run(app: &Arc<App>, user: &str, read_only: bool, sql: &str, out: &mut B
         .split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .take(MAX_STATEMENTS + 1)
         .collect();
     if statements.is_empty() {
         out.extend_from_slice(&[b'I', 0, 0, 0, 4]); // EmptyQueryResponse

@@ -121,6 +121,7 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     let ended = SessionEnded {
         app: app.clone(),
         id: info.id,
+        slot,
     };
     let exit = Session::new(app.clone(), stream, peer, logged_in, cancel, info.clone())
         .run()
@@ -138,7 +139,6 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
             }
         }
     }
-    drop(slot);
     drop(ended);
 }
 
@@ -147,10 +147,13 @@ async fn handle_client(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
 struct SessionEnded {
     app: Arc<App>,
     id: i32,
+    /// The client's place under `max_client_conn`, given back first.
+    slot: Option<crate::app::ClientSlot>,
 }
 
 impl Drop for SessionEnded {
     fn drop(&mut self) {
+        drop(self.slot.take());
         self.app.clients.remove(self.id);
         self.app
             .metrics

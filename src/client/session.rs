@@ -57,7 +57,6 @@ enum Served {
     Exit(Exit),
 }
 
-/// Client read buffers above this are shrunk back once empty.
 /// Bytes staged for a server (rewritten or injected messages) before they
 /// are sent in the middle of a client's batch.
 const MAX_STAGED: usize = 1 << 20;
@@ -69,6 +68,7 @@ const MAX_OWED_REPLIES: usize = 1 << 20;
 /// may hold in transaction and statement mode.
 const MAX_CLIENT_STATEMENTS: usize = 10_000;
 
+/// Client read buffers above this are shrunk back once empty.
 const MAX_IDLE_BUFFER: usize = 256 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
 /// How far reads may walk into an empty buffer before they go back to its start.
@@ -393,6 +393,7 @@ impl Session {
     /// only to prepare. Returns true when nothing is left that needs one.
     async fn answer_without_server(&mut self) -> Result<bool, Exit> {
         let mut pos = 0;
+        let mut pinned = None;
         self.to_client.clear();
         while self.rbuf.len() >= pos + HEADER_LEN {
             let tag = self.rbuf[pos];
@@ -423,6 +424,10 @@ impl Session {
                     if !self.app.statements.is_current(&stmt) {
                         break;
                     }
+                    // Its Bind names it only: look for a pin in its text now.
+                    if let Some(reason) = self.pin_made_by(stmt.key()) {
+                        pinned = Some(reason);
+                    }
                     let bound = self.app.statements.bind(stmt);
                     self.statements.insert(name, bound);
                     self.stats.totals.client_parses += 1;
@@ -447,6 +452,9 @@ impl Session {
                 _ => break,
             }
             pos += len;
+        }
+        if let Some(reason) = pinned {
+            self.pin(reason);
         }
         if pos == 0 {
             return Ok(false);
@@ -666,7 +674,17 @@ impl Session {
     async fn detach(&mut self, mut srv: PooledServer) {
         self.info.unlinked();
         self.on_release();
-        if self.pool.reset_always && srv.is_clean() {
+        // State a pin would have kept, made where no pin is taken (a READ
+        // ONLY transaction on a replica), is cleared before anyone else
+        // gets the server.
+        let left_state = std::mem::take(&mut self.route.left_state);
+        if left_state && self.pool.reset_query.is_empty() {
+            // Nothing would clear it: do not reuse the server.
+            self.pool.discard(srv);
+            self.flush_stats();
+            return;
+        }
+        if (self.pool.reset_always || left_state) && srv.is_clean() {
             self.pool.resetting(&srv, true);
             self.reset(&mut srv).await;
             self.pool.resetting(&srv, false);
@@ -927,12 +945,12 @@ impl Session {
                     // Notifications reach only this server's session: the
                     // client keeps it (routing off too, where no unit is
                     // classified).
+                    let on_replica = matches!(self.route.target, route::Target::Replica(_));
                     listen = special
                         && self.mode != PoolMode::Session
+                        && !on_replica
                         && starts_with_keyword(sql, "LISTEN");
-                    // Inside a transaction, or with routing off, no plan
-                    // looked at this statement.
-                    pin_made = self.pin_made_by(sql, srv.tx_status);
+                    pin_made = self.pin_made_by(sql);
                     if special && self.watches_schema_changes() && route::changes_schema(sql) {
                         self.note_schema_change(route::changes_result_shapes(sql));
                     }
@@ -941,7 +959,11 @@ impl Session {
             if listen {
                 self.pin(PinReason::Listen);
             } else if let Some(reason) = pin_made {
-                self.pin(reason);
+                if matches!(self.route.target, route::Target::Replica(_)) {
+                    self.route.left_state = true;
+                } else {
+                    self.pin(reason);
+                }
             }
             match piece {
                 Piece::NeedMore => break,
@@ -1744,8 +1766,6 @@ async fn write_staged(
     result
 }
 
-/// Reads more bytes; false on end of stream or error. `nominal` is the size
-/// the buffer was made with.
 impl Drop for Session {
     /// The end of every session, however it ended: its cancel key goes, and
     /// its counts reach the pool's.
@@ -1759,6 +1779,8 @@ impl Drop for Session {
     }
 }
 
+/// Reads more bytes; false on end of stream or error. `nominal` is the size
+/// the buffer was made with.
 async fn read_more(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     buf: &mut BytesMut,

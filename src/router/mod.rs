@@ -77,19 +77,30 @@ pub fn starts_with_keyword(sql: &[u8], word: &str) -> bool {
 }
 
 /// Whether `sql` may create state that pins a client to its server: a cheap
-/// look for the words every such statement has (`temp` in TEMP/TEMPORARY,
-/// `advisory` in the session lock functions, `hold` in WITH HOLD), so that
-/// only those texts are classified. False positives are classified and
-/// cleared; there are no false negatives.
+/// look for the words every such statement has (`temp` starting TEMP or
+/// TEMPORARY, `advisory` in the session lock functions, `hold` in WITH HOLD,
+/// `listen`), so that only those texts are classified. False positives are
+/// classified and cleared; there are no false negatives. `temp`,
+/// `temporary`, `hold` and `listen` must be whole words, so identifiers such
+/// as `attempts`, `template` or `threshold` do not send a statement to the
+/// classifier.
 pub fn may_pin(sql: &[u8]) -> bool {
     let has = |i: usize, word: &[u8]| {
         sql.get(i..i + word.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(word))
     };
+    let in_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+    // `word` alone at `i`: no identifier byte before or after it.
+    let whole = |i: usize, word: &[u8]| {
+        has(i, word)
+            && (i == 0 || !in_word(sql[i - 1]))
+            && sql.get(i + word.len()).is_none_or(|&b| !in_word(b))
+    };
     (0..sql.len()).any(|i| match sql[i] | 0x20 {
-        b't' => has(i, b"temp"),
+        b't' => whole(i, b"temp") || whole(i, b"temporary"),
         b'a' => has(i, b"advisory"),
-        b'h' => has(i, b"hold"),
+        b'h' => whole(i, b"hold"),
+        b'l' => whole(i, b"listen"),
         _ => false,
     })
 }
@@ -107,11 +118,16 @@ mod tests {
             "SELECT pg_advisory_lock(1)",
             "select PG_ADVISORY_LOCK_SHARED(1)",
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT 1;LISTEN ch",
+            "CREATE/**/TEMP TABLE t (a int)",
+            "SELECT 1 INTO\nTEMPORARY t",
         ] {
             assert!(may_pin(sql.as_bytes()), "{sql}");
         }
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "INSERT INTO login_attempts (template, threshold) VALUES (1, 2)",
+            "SELECT placeholder, holdings, unlisten FROM t",
             "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
             "",
             "te",

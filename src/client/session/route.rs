@@ -85,6 +85,9 @@ pub struct RouteState {
     /// Set when the replica's refusal has been cut out: run the unit again.
     pub retry_now: bool,
     pub pinned: Option<PinReason>,
+    /// This attachment made state a pin would keep where no pin is taken
+    /// (on a replica): the server is reset when it is released.
+    pub left_state: bool,
     /// A SET or RESET in flight, applied once the server accepts it.
     pub pending_set: Option<SetChange>,
     /// The client's startup parameters: what RESET goes back to.
@@ -116,6 +119,7 @@ impl RouteState {
             retry: ReadRetry::default(),
             retry_now: false,
             pinned: None,
+            left_state: false,
             pending_set: None,
             startup: wanted.clone(),
             schema_change: None,
@@ -376,13 +380,14 @@ impl Session {
             })
     }
 
-    /// The pin a Query or Parse text makes, looked for where the router did
-    /// not plan it: inside a transaction (`tx_status` not idle) or with
-    /// routing off. Texts without a pinning word cost one byte scan.
-    pub(super) fn pin_made_by(&self, sql: &[u8], tx_status: u8) -> Option<PinReason> {
+    /// The pin a Query or Parse text makes, looked for as it is forwarded:
+    /// the router planned only the first unit of a batch, and nothing inside
+    /// a transaction or with routing off. Texts without a pinning word cost
+    /// one byte scan. The caller does not pin on a replica (a READ ONLY
+    /// transaction's): a client kept there could never write again.
+    pub(super) fn pin_made_by(&self, sql: &[u8]) -> Option<PinReason> {
         if self.mode == PoolMode::Session
             || self.route.pinned.is_some()
-            || (self.route.enabled && tx_status == b'I')
             || !crate::router::may_pin(sql)
         {
             return None;
