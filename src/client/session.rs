@@ -30,8 +30,6 @@ use crate::protocol::frames::{
 };
 use crate::protocol::messages::{self, sqlstate, Severity};
 use crate::protocol::{btag, read_cstr, tag, FrameScanner, Piece};
-use crate::router::classify::PinReason;
-use crate::router::starts_with_keyword;
 use crate::server::params::is_server_owned;
 use crate::server::prepared::Held;
 use crate::server::{ParamMap, Progress, Reply, ServerConn};
@@ -929,7 +927,6 @@ impl Session {
             // each of those is told by its first keyword, so one look at it
             // spares the common SELECT all the other tests.
             let mut special = false;
-            let mut listen = false;
             let mut pin_made = None;
             if let Piece::Frame { tag, len } = piece {
                 // The end of a unit: on a replica, the next one is routed anew.
@@ -942,23 +939,15 @@ impl Session {
                         body
                     };
                     special = !crate::router::first_keyword(sql).eq_ignore_ascii_case(b"SELECT");
-                    // Notifications reach only this server's session: the
-                    // client keeps it (routing off too, where no unit is
-                    // classified).
-                    let on_replica = matches!(self.route.target, route::Target::Replica(_));
-                    listen = special
-                        && self.mode != PoolMode::Session
-                        && !on_replica
-                        && starts_with_keyword(sql, "LISTEN");
+                    // State that cannot move between servers (a temporary
+                    // table, LISTEN, ...) keeps the client on this one.
                     pin_made = self.pin_made_by(sql);
                     if special && self.watches_schema_changes() && route::changes_schema(sql) {
                         self.note_schema_change(route::changes_result_shapes(sql));
                     }
                 }
             }
-            if listen {
-                self.pin(PinReason::Listen);
-            } else if let Some(reason) = pin_made {
+            if let Some(reason) = pin_made {
                 if matches!(self.route.target, route::Target::Replica(_)) {
                     self.route.left_state = true;
                 } else {

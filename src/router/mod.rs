@@ -71,11 +71,6 @@ pub fn keywords(sql: &[u8], n: usize) -> Vec<&[u8]> {
     out
 }
 
-/// True when the first keyword of `sql` is `word` (ASCII, case-insensitive).
-pub fn starts_with_keyword(sql: &[u8], word: &str) -> bool {
-    first_keyword(sql).eq_ignore_ascii_case(word.as_bytes())
-}
-
 /// Whether `sql` may create state that pins a client to its server: a cheap
 /// look for the words every such statement has (`temp` starting TEMP or
 /// TEMPORARY, `advisory` in the session lock functions, `hold` in WITH HOLD,
@@ -145,8 +140,8 @@ mod tests {
         );
         assert_eq!(first_keyword(b"(SELECT 1)"), b"SELECT");
         assert_eq!(first_keyword(b""), b"");
-        assert!(starts_with_keyword(b"listen foo", "LISTEN"));
-        assert!(!starts_with_keyword(b"listener", "LISTEN"));
+        assert!(first_keyword(b"listen foo").eq_ignore_ascii_case(b"LISTEN"));
+        assert!(!first_keyword(b"listener").eq_ignore_ascii_case(b"LISTEN"));
         assert_eq!(
             keywords(b"DEALLOCATE /* x */ prepare ALL", 3),
             vec![&b"DEALLOCATE"[..], b"prepare", b"ALL"]
